@@ -1,0 +1,45 @@
+"""Small helpers every command shares: the console, clean errors, --json output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one clear error line (what happened, what to do) and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def write_json(path: Path | None, data: Any) -> None:
+    """Write a command's results as JSON when the user gave `--json PATH` ('-' = stdout)."""
+    if path is None:
+        return
+    text = json.dumps(data, indent=2, default=_jsonable)
+    if str(path) == "-":
+        sys.stdout.write(text + "\n")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+JSON_OPTION = typer.Option(None, "--json", help="Also write the results as JSON to this path ('-' for stdout).")

@@ -1,0 +1,120 @@
+"""The preprocessing spec: how a picture of a cell becomes a model input.
+
+It is defined once here, saved in every run folder and bundle (`preprocess.json`),
+and read back by training, export calibration, evaluation and the device runner,
+so nothing is ever copied between them by hand. OpenCV and NumPy only: the
+device imports this module.
+
+Model inputs are uint8 RGB squares of `input_size` pixels; the scaling to floats
+happens inside the model (a Rescaling layer), so a full-integer int8 model takes
+camera pixels as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SPEC_FILE = "preprocess.json"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    input_size: int = 128
+    color_order: str = "RGB"          # channel order of the model input
+    input_dtype: str = "uint8"        # pixels as they are; the model rescales
+    interpolation: str = "area"       # cv2 interpolation used to shrink crops
+    # Apparent cell size matters more than colour across microscopes (stack notes):
+    # the training crops show the white cell at this fraction of the crop side, and
+    # the runner crops full frames around each located cell to match it.
+    cell_fraction: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"preprocessing spec has unknown keys {sorted(unknown)}; "
+                             f"this wbcedge understands {sorted(known)}: upgrade wbcedge or re-export the bundle")
+        return cls(**data)
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / SPEC_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> "PreprocessSpec":
+        path = Path(folder) / SPEC_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: a run folder or bundle must carry its preprocessing spec")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+_INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
+def center_square(image: np.ndarray) -> np.ndarray:
+    """The largest centred square of an image (single-cell crops are nearly square)."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return image[y0:y0 + side, x0:x0 + side]
+
+
+def to_model_input(crop_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """A BGR uint8 crop (OpenCV's order) -> the model's uint8 input, HxWx3 in `spec.color_order`."""
+    if crop_bgr.ndim != 3 or crop_bgr.shape[2] != 3 or crop_bgr.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 BGR image, got shape {crop_bgr.shape} dtype {crop_bgr.dtype}")
+    square = center_square(crop_bgr)
+    size = spec.input_size
+    interp = _INTERPOLATION[spec.interpolation] if square.shape[0] > size else cv2.INTER_LINEAR
+    resized = cv2.resize(square, (size, size), interpolation=interp)
+    if spec.color_order == "RGB":
+        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(resized)
+
+
+def crop_around_cell(frame_bgr: np.ndarray, box: tuple[int, int, int, int], spec: PreprocessSpec) -> np.ndarray:
+    """A square crop centred on a located cell, sized so the cell fills `spec.cell_fraction` of it.
+
+    `box` is (x0, y0, x1, y1) in frame pixels. Parts outside the frame are filled by
+    replicating the border, so a cell near the edge keeps its apparent size.
+    """
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    diameter = max(x1 - x0, y1 - y0)
+    side = max(8, int(round(diameter / spec.cell_fraction)))
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    h, w = frame_bgr.shape[:2]
+    pad = max(0, -left, -top, left + side - w, top + side - h)
+    if pad:
+        frame_bgr = cv2.copyMakeBorder(frame_bgr, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        left, top = left + pad, top + pad
+    return frame_bgr[top:top + side, left:left + side]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as 8-bit BGR, or raise ValueError naming the file and the problem."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise ValueError(f"{path}: empty file")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"{path}: unsupported pixel type {image.dtype}")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
