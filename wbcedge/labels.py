@@ -23,6 +23,14 @@ _ALIASES: dict[str, str] = {
 }
 
 
+def class_indices(labels):
+    """Canonical class names -> their indices in CLASSES, as an int32 array."""
+    import numpy as np
+
+    index = {c: i for i, c in enumerate(CLASSES)}
+    return np.array([index[label] for label in labels], dtype=np.int32)
+
+
 class UnknownClassError(ValueError):
     """A folder or label name that is not one of the five WBC classes."""
 

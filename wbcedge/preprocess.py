@@ -13,6 +13,8 @@ camera pixels as they are.
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -118,3 +120,20 @@ def read_image(path: Path) -> np.ndarray:
     elif image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return image
+
+
+def load_inputs(paths: list, spec: PreprocessSpec, workers: int | None = None) -> np.ndarray:
+    """Read and preprocess image files into one uint8 array (N, S, S, 3), on all cores.
+
+    Training, calibration and evaluation all go through here, so they see exactly
+    what the device's `to_model_input` makes of a crop.
+    """
+    if not paths:
+        return np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        return np.stack(list(pool.map(_load_one, [(str(p), spec) for p in paths], chunksize=64)))
+
+
+def _load_one(args) -> np.ndarray:
+    path, spec = args
+    return to_model_input(read_image(Path(path)), spec)

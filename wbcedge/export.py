@@ -1,0 +1,236 @@
+"""`wbcedge export`: a run folder in, a verified bundle out, with an accuracy gate.
+
+Every exported file is run with the runtime a device will use (ai-edge-litert
+for TFLite, onnxruntime for ONNX) on the held-out split and compared with the
+float Keras model: accuracy with its interval, per-class recall and its change,
+top-1 agreement, size, and the quantization read back from the file. A file
+over the budget makes the export fail and the bundle undeployable unless forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wbcedge.bundle import pack, write_manifest
+from wbcedge.data import Record, read_manifest
+from wbcedge.labels import CLASSES
+from wbcedge.metrics import classification_results
+
+TFLITE_INT8 = "model_int8.tflite"
+
+
+@dataclass
+class ExportOptions:
+    int8: bool = True
+    formats: tuple[str, ...] = ("tflite", "onnx")
+    float16: bool = False            # also a float16-weights TFLite file
+    calib: int = 300                 # calibration images, class-stratified from the train split
+    max_drop: float = 1.0            # accuracy points a file may lose against float
+    max_class_drop: float = 3.0      # recall points any class may lose
+    activation_type: str = "uint8"   # ONNX activations: uint8 (U8S8, fastest on x86/ARM) or int8
+    per_channel: bool = True
+    threshold: float = 0.6           # below this top-1 probability a cell is "unidentified"
+    force: bool = False
+    seed: int = 0
+    data: str | None = None          # manifest override (default: the run's training manifest)
+    archive: bool = False
+    calibration_override: np.ndarray | None = field(default=None, repr=False)  # tests: e.g. blank images
+
+
+class GateFailed(RuntimeError):
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+def calibration_records(records: list[Record], n: int, seed: int) -> list[Record]:
+    """n images from the train split, the same number per class (fewer where a class has fewer)."""
+    train = [r for r in records if r.split == "train" and not r.source]
+    rng = np.random.default_rng(seed)
+    per_class = max(1, n // len(CLASSES))
+    chosen = []
+    for c in CLASSES:
+        rows = [r for r in train if r.label == c]
+        idx = rng.permutation(len(rows))[:per_class]
+        chosen += [rows[i] for i in sorted(idx)]
+    return chosen
+
+
+def list_hash(paths: list[str]) -> str:
+    return hashlib.sha256("\n".join(Path(p).name for p in paths).encode()).hexdigest()
+
+
+def _resolve_manifest(run_dir: Path, override: str | None) -> Path:
+    if override:
+        return Path(override)
+    config = json.loads((run_dir / "config.json").read_text())
+    for candidate in (Path(config["manifest"]), run_dir / config["manifest"]):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"the training manifest {config['manifest']} of {run_dir} is not here: "
+                            "pass the split manifest with --data MANIFEST")
+
+
+def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dict:
+    """Export, gate and bundle. Returns the report; raises GateFailed when over budget (and not forced)."""
+    from wbcedge import convert
+    from wbcedge.evaluate import labelled_inputs, load_run
+    from wbcedge.quantinfo import quantization_of
+    from wbcedge.runtime import Classifier
+    from wbcedge.training import file_sha256, package_versions
+
+    run_dir, out = Path(run_dir), Path(out)
+    keras_model = load_run(run_dir)
+    spec, classes = keras_model.spec, keras_model.classes
+    manifest_path = _resolve_manifest(run_dir, opts.data)
+    records = read_manifest(manifest_path)
+    test = [r for r in records if r.split == "test"]
+    if not test:
+        raise ValueError(f"{manifest_path} has no test split to check the export on: run `wbcedge data split`")
+
+    calib_recs = calibration_records(records, opts.calib, opts.seed)
+    batch_size = int(json.loads((run_dir / "config.json").read_text()).get("batch_size", 32))
+    if opts.int8 and opts.calibration_override is None:
+        if len(calib_recs) < min(batch_size, 32):
+            raise ValueError(f"only {len(calib_recs)} calibration images in the train split of {manifest_path}; "
+                             f"int8 calibration needs at least {min(batch_size, 32)} (a few hundred is right)")
+        if len(calib_recs) < 300:
+            progress(f"warning: {len(calib_recs)} calibration images; below 300 the int8 ranges are often too narrow")
+    from wbcedge.preprocess import load_inputs
+    calibration = (opts.calibration_override if opts.calibration_override is not None
+                   else load_inputs([r.path for r in calib_recs], spec))
+    x_test, y_test = labelled_inputs(test, spec)
+    progress(f"float reference: {len(test)} test images, {len(calibration)} calibration images")
+    float_probs = keras_model.predict(x_test)
+    float_res = classification_results(y_test, float_probs, classes)
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    metadata = {"wbcedge.labels": json.dumps(classes), "wbcedge.preprocess": json.dumps(spec.to_dict())}
+    files: list[tuple[str, str, str]] = []  # (file, backend, precision)
+    if "tflite" in opts.formats:
+        progress("TFLite float32")
+        convert.to_tflite(keras_model.model, out / "model_fp32.tflite", "fp32")
+        files.append(("model_fp32.tflite", "tflite", "fp32"))
+        if opts.float16:
+            convert.to_tflite(keras_model.model, out / "model_fp16.tflite", "fp16")
+            files.append(("model_fp16.tflite", "tflite", "fp16"))
+        if opts.int8:
+            progress("TFLite int8 (full integer)")
+            convert.to_tflite(keras_model.model, out / TFLITE_INT8, "int8", calibration)
+            files.append((TFLITE_INT8, "tflite", "int8"))
+    if "onnx" in opts.formats:
+        progress("ONNX float32")
+        convert.to_onnx(keras_model.model, out / "model_fp32.onnx", metadata)
+        files.append(("model_fp32.onnx", "onnx", "fp32"))
+        if opts.int8:
+            progress(f"ONNX int8 (QDQ, {opts.activation_type} activations, per-channel weights)")
+            convert.quantize_onnx(out / "model_fp32.onnx", out / "model_int8.onnx", calibration,
+                                  opts.activation_type, opts.per_channel, metadata)
+            files.append(("model_int8.onnx", "onnx", "int8"))
+
+    float_pred = float_probs.argmax(1)
+    entries, failures = [], []
+    for name, backend, precision in files:
+        progress(f"checking {name} with the device runtime")
+        probs = Classifier(out / name).predict_many(x_test)
+        res = classification_results(y_test, probs, classes)
+        drop = 100 * (float_res["accuracy"] - res["accuracy"])
+        class_drops = {c: 100 * (float_res["per_class"][c]["recall"] - res["per_class"][c]["recall"]) for c in classes}
+        entry = {
+            "file": name, "backend": backend, "precision": precision,
+            "size_bytes": (out / name).stat().st_size,
+            "accuracy": res["accuracy"], "accuracy_ci95": res["accuracy_ci95"],
+            "accuracy_drop_pp": drop,
+            "recall": {c: res["per_class"][c]["recall"] for c in classes},
+            "recall_drop_pp": class_drops,
+            "agreement_with_float": float((probs.argmax(1) == float_pred).mean()),
+            "quantization": quantization_of(out / name),
+        }
+        broken = []
+        if drop > opts.max_drop:
+            broken.append(f"accuracy fell {drop:.2f} points (budget {opts.max_drop})")
+        for c, d in class_drops.items():
+            if d > opts.max_class_drop:
+                broken.append(f"{c} recall fell {d:.2f} points (budget {opts.max_class_drop})")
+        if precision == "int8" and backend == "tflite" and not entry["quantization"]["fully_integer"]:
+            broken.append("the file is not fully integer (float tensors remain)")
+        entry["within_budget"] = not broken
+        entry["budget_failures"] = broken
+        if broken:
+            failures.append(f"{name}: " + "; ".join(broken))
+        entries.append(entry)
+
+    int8_ok = [e for e in entries if e["precision"] == "int8" and e["within_budget"]]
+    default = (int8_ok[0] if int8_ok else next((e for e in entries if e["precision"] == "fp32"), entries[0]))["file"]
+    deployable = not failures or opts.force
+    report = {
+        "run": str(run_dir), "test_images": len(test), "test_manifest": str(manifest_path),
+        "float": {"accuracy": float_res["accuracy"], "accuracy_ci95": float_res["accuracy_ci95"],
+                  "recall": {c: float_res["per_class"][c]["recall"] for c in classes}},
+        "budget": {"max_drop_pp": opts.max_drop, "max_class_drop_pp": opts.max_class_drop},
+        "files": entries, "failures": failures, "forced": bool(failures and opts.force),
+        "calibration": {"images": len(calibration), "per_channel": opts.per_channel,
+                        "onnx_activation_type": opts.activation_type,
+                        "file_list_sha256": list_hash([r.path for r in calib_recs])
+                        if opts.calibration_override is None else "override"},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(report_markdown(report) + "\n")
+    (out / "labels.json").write_text(json.dumps(classes) + "\n")
+    spec.save(out)
+    write_manifest(out, {
+        "classes": classes, "preprocess": spec.to_dict(), "confidence_threshold": opts.threshold,
+        "models": [{k: e[k] for k in ("file", "backend", "precision", "within_budget", "accuracy", "size_bytes")}
+                   for e in entries],
+        "default_model": default, "deployable": deployable,
+        "data": {"training_manifest_sha256": (run_dir / "manifest.sha256").read_text().strip()
+                 if (run_dir / "manifest.sha256").exists() else None,
+                 "test_manifest_sha256": file_sha256(manifest_path),
+                 "calibration_sha256": report["calibration"]["file_list_sha256"]},
+        "source_run": run_dir.name, "versions": package_versions(),
+        "export_options": {k: v for k, v in asdict(opts).items() if k != "calibration_override"},
+    })
+    if opts.archive:
+        pack(out, out.with_name(out.name + ".tar.gz"))
+    if failures and not opts.force:
+        raise GateFailed(
+            "export over the accuracy budget, bundle marked NOT deployable:\n  " + "\n  ".join(failures) +
+            "\nTry: more or more varied calibration images (--calib 500), per-channel weights (default), "
+            "int8 ONNX activations (--activation-type int8), or excluding the failing format; "
+            "--force marks it deployable anyway and keeps the failure in the report.", report)
+    return report
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"# Export report: {report['run']}", "",
+             f"Held-out images: {report['test_images']} ({report['test_manifest']}); float Keras accuracy "
+             f"{100 * report['float']['accuracy']:.2f}% (95% CI {100 * report['float']['accuracy_ci95'][0]:.2f}-"
+             f"{100 * report['float']['accuracy_ci95'][1]:.2f}).", "",
+             f"Budget: at most {report['budget']['max_drop_pp']} points accuracy drop, "
+             f"{report['budget']['max_class_drop_pp']} points in any class recall.", "",
+             "| file | precision | size | accuracy (95% CI) | drop (pp) | worst class drop (pp) | agreement | quantization read back | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in report["files"]:
+        worst = max(e["recall_drop_pp"].items(), key=lambda kv: kv[1])
+        q = e["quantization"]
+        if e["backend"] == "tflite":
+            qtext = f"in {q['input_dtype']}, out {q['output_dtype']}, fully integer: {q['fully_integer']}, per-channel tensors {q['per_channel_tensors']}"
+        else:
+            qtext = f"QDQ nodes {q['quantize_nodes']}/{q['dequantize_nodes']}, per-channel weights {q['per_channel_weights']}, float convs {q['float_weight_convs']}"
+        lines.append(f"| {e['file']} | {e['precision']} | {e['size_bytes'] / 1e6:.2f} MB | {100 * e['accuracy']:.2f}% "
+                     f"({100 * e['accuracy_ci95'][0]:.1f}-{100 * e['accuracy_ci95'][1]:.1f}) | {e['accuracy_drop_pp']:+.2f} | "
+                     f"{worst[0]} {worst[1]:+.2f} | {100 * e['agreement_with_float']:.2f}% | {qtext} | "
+                     f"{'within budget' if e['within_budget'] else 'OVER BUDGET'} |")
+    if report["failures"]:
+        lines += ["", "**Failures:**", *[f"- {f}" for f in report["failures"]]]
+        if report["forced"]:
+            lines.append("- exported with --force: marked deployable despite the failures above")
+    return "\n".join(lines)

@@ -1,0 +1,241 @@
+"""Train a zoo model from a manifest into a self-describing run folder.
+
+A run folder holds everything export and evaluation need:
+    model.keras        the best checkpoint (by validation accuracy)
+    preprocess.json    the preprocessing spec (wbcedge.preprocess), read by export and the device
+    labels.json        class names in output order
+    config.json        the training config; manifest.sha256 of the data it saw
+    history.csv        per-epoch metrics (Keras CSVLogger); tensorboard/ logs
+    versions.json      package versions
+    backup/            Keras BackupAndRestore state: rerunning the same command resumes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wbcedge.data import Record, read_manifest
+from wbcedge.labels import CLASSES, class_indices
+from wbcedge.preprocess import PreprocessSpec, load_inputs
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@dataclass
+class TrainConfig:
+    manifest: str = ""
+    model: str = "mobilenet_v2"
+    input_size: int = 128
+    alpha: float = 1.0
+    weights: str = "none"
+    weights_fallback: bool = False
+    dropout: float = 0.3
+    epochs: int = 20
+    frozen_epochs: int = 0          # transfer learning: epochs with the backbone frozen first
+    fine_tune_layers: int = 0       # then unfreeze this many top backbone layers (0 = all)
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    fine_tune_learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    class_weighting: bool = True    # inverse-frequency class weights
+    augment: dict = field(default_factory=lambda: dict(
+        flips=True, rot90=True, hue=0.04, saturation=0.25, brightness=0.15, contrast=0.25, blur=0.3))
+    patience: int = 6
+    seed: int = 0
+    deterministic: bool = False     # tf op determinism (slower)
+    mixed_precision: str = "auto"   # auto = on when a GPU is visible
+    jit_compile: str = "auto"       # XLA; auto = on when a GPU is visible
+    max_train_images: int = 0       # 0 = all (small values are for tests)
+    cell_fraction: float = 0.5      # apparent cell size in the training crops, stored in the spec
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown training options {sorted(unknown)}; "
+                             f"known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def package_versions() -> dict:
+    import importlib.metadata as md
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("wbcedge", "tensorflow", "tensorflow-cpu", "keras", "numpy", "opencv-python-headless",
+                 "ai-edge-litert", "onnxruntime", "onnx", "tf2onnx"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _augment_fn(tf, cfg: dict, seed: int):
+    """Online augmentation on float 0-255 batches: geometry plus colour/stain jitter."""
+    def augment(images, labels):
+        x = images
+        if cfg.get("flips"):
+            x = tf.image.random_flip_left_right(x)
+            x = tf.image.random_flip_up_down(x)
+        if cfg.get("rot90"):
+            k = tf.random.uniform([], 0, 4, dtype=tf.int32)
+            x = tf.image.rot90(x, k)
+        x = x / 255.0
+        if cfg.get("hue"):
+            x = tf.image.random_hue(x, cfg["hue"])
+        if cfg.get("saturation"):
+            s = cfg["saturation"]
+            x = tf.image.random_saturation(x, 1 - s, 1 + s)
+        if cfg.get("brightness"):
+            x = tf.image.random_brightness(x, cfg["brightness"])
+        if cfg.get("contrast"):
+            c = cfg["contrast"]
+            x = tf.image.random_contrast(x, 1 - c, 1 + c)
+        if cfg.get("blur"):
+            # a 3x3 box blur on a random share of batches: out-of-focus frames on the device
+            blurred = tf.nn.avg_pool2d(x, 3, 1, "SAME")
+            x = tf.cond(tf.random.uniform([]) < cfg["blur"], lambda: blurred, lambda: x)
+        return tf.clip_by_value(x, 0.0, 1.0) * 255.0, labels
+    return augment
+
+
+def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
+    """Train and write the run folder; returns a summary. Rerunning resumes an interrupted run."""
+    import keras
+    import tensorflow as tf
+
+    from wbcedge.models import ModelOptions, create_model
+    from wbcedge.models.applications import backbone_of
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    gpus = tf.config.list_physical_devices("GPU")
+    if (cfg.mixed_precision == "auto" and gpus) or cfg.mixed_precision == "on":
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    jit = (cfg.jit_compile == "auto" and bool(gpus)) or cfg.jit_compile == "on"
+
+    spec = PreprocessSpec(input_size=cfg.input_size, cell_fraction=cfg.cell_fraction)
+    records = read_manifest(Path(cfg.manifest))
+    train_recs = [r for r in records if r.split == "train"]
+    val_recs = [r for r in records if r.split == "val"]
+    if not train_recs or not val_recs:
+        raise ValueError(f"{cfg.manifest} needs rows in both 'train' and 'val' splits: run `wbcedge data split` first")
+    if cfg.max_train_images:
+        rng = np.random.default_rng(cfg.seed)
+        train_recs = [train_recs[i] for i in sorted(rng.permutation(len(train_recs))[:cfg.max_train_images])]
+    progress(f"decoding {len(train_recs)} train and {len(val_recs)} val images at {cfg.input_size}px")
+    x_train, y_train = load_inputs([r.path for r in train_recs], spec), class_indices(r.label for r in train_recs)
+    x_val, y_val = load_inputs([r.path for r in val_recs], spec), class_indices(r.label for r in val_recs)
+
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    batch = cfg.batch_size * strategy.num_replicas_in_sync
+    train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+                .shuffle(len(x_train), seed=cfg.seed, reshuffle_each_iteration=True)
+                .batch(batch)
+                .map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+                .map(_augment_fn(tf, cfg.augment, cfg.seed), num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE))
+    val_ds = (tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch)
+              .map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE))
+
+    class_weight = None
+    if cfg.class_weighting:
+        counts = np.bincount(y_train, minlength=len(CLASSES)).astype(float)
+        class_weight = {i: float(len(y_train) / (len(CLASSES) * c)) for i, c in enumerate(counts) if c > 0}
+
+    options = ModelOptions(name=cfg.model, input_size=cfg.input_size, alpha=cfg.alpha, weights=cfg.weights,
+                           weights_fallback=cfg.weights_fallback, dropout=cfg.dropout)
+    with strategy.scope():
+        model = create_model(options=options)
+    backbone = backbone_of(model)
+
+    # Save the description first, so an interrupted run folder still says what it is.
+    spec.save(run_dir)
+    (run_dir / "labels.json").write_text(json.dumps(list(CLASSES)) + "\n")
+    (run_dir / "config.json").write_text(json.dumps({**asdict(cfg), "model_options": options.to_dict()}, indent=2) + "\n")
+    (run_dir / "manifest.sha256").write_text(file_sha256(Path(cfg.manifest)) + "\n")
+    (run_dir / "versions.json").write_text(json.dumps(package_versions(), indent=2) + "\n")
+
+    steps = int(np.ceil(len(x_train) / batch))
+    phases = []
+    if cfg.frozen_epochs and backbone is not None:
+        phases.append(("frozen", cfg.frozen_epochs, cfg.learning_rate))
+        phases.append(("fine-tune", cfg.epochs, cfg.fine_tune_learning_rate))
+    else:
+        phases.append(("train", cfg.epochs, cfg.learning_rate))
+
+    history_csv = run_dir / "history.csv"
+    epoch0 = 0
+    for phase, end_epoch, lr in phases:
+        if phase == "frozen":
+            backbone.trainable = False
+        elif phase == "fine-tune":
+            backbone.trainable = True
+            if cfg.fine_tune_layers:
+                for layer in backbone.layers[:-cfg.fine_tune_layers]:
+                    layer.trainable = False
+            for layer in backbone.layers:  # keep BatchNorm statistics of a pretrained backbone
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
+        with strategy.scope():
+            schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps * (end_epoch - epoch0)))
+            model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+                          loss=keras.losses.SparseCategoricalCrossentropy(),
+                          metrics=["accuracy"], jit_compile=jit)
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
+            keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_accuracy",
+                                            save_best_only=True),
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience,
+                                          restore_best_weights=False),
+            keras.callbacks.CSVLogger(str(history_csv), append=True),
+            keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0),
+            _ProgressCallback(progress, end_epoch),
+        ]
+        progress(f"phase {phase}: epochs {epoch0 + 1}-{end_epoch}, learning rate {lr:g}")
+        model.fit(train_ds, validation_data=val_ds, epochs=end_epoch, initial_epoch=epoch0,
+                  class_weight=class_weight, callbacks=callbacks, verbose=0)
+        epoch0 = end_epoch
+
+    best = keras.saving.load_model(run_dir / "model.keras")
+    val_probs = best.predict(val_ds, verbose=0)
+    val_acc = float((val_probs.argmax(1) == y_val).mean())
+    summary = {"run_dir": str(run_dir), "model": cfg.model, "params": int(model.count_params()),
+               "train_images": len(x_train), "val_images": len(x_val), "best_val_accuracy": val_acc}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+class _ProgressCallback:
+    """Keras callback printing one line per epoch (duck-typed to avoid importing keras at module import)."""
+
+    def __new__(cls, progress, total_epochs):
+        import keras
+
+        class _CB(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                progress(f"epoch {epoch + 1}/{total_epochs}: loss {logs.get('loss', float('nan')):.4f} "
+                         f"acc {logs.get('accuracy', float('nan')):.4f} val_loss {logs.get('val_loss', float('nan')):.4f} "
+                         f"val_acc {logs.get('val_accuracy', float('nan')):.4f}")
+        return _CB()
