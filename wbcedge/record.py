@@ -1,0 +1,360 @@
+"""The run folder: every counted cell as a database row and a crop, safe against crashes.
+
+Layout of a run folder:
+    cells.db        SQLite (WAL journal): tables meta, frames, cells
+    crops/          one JPEG per counted cell, named <frame>_<n>_<label>.jpg
+    (report.py adds differential.json, differential.csv, report.html)
+
+Each frame is one transaction: `add_cell` calls for a frame are committed together
+by `commit_frame`. A crash, a kill or a pulled plug loses at most the frame in
+progress (with synchronous=NORMAL a power cut may also roll back the last few
+commits) and never corrupts the database. A crop is written before its row is
+committed, so after a crash a crop file may exist without a row (harmless); crops
+are not fsynced, so after a power cut a recent row may point at a missing or empty
+crop (the report shows a placeholder).
+
+`Recorder(run_dir)` checks that the folder can be created and written (a probe file
+is written and fsynced) and that the disk has room, before any frame is captured, and
+raises `OutputError` with the folder's name if not. A full disk during the run also
+raises `OutputError`; the rows committed before stay.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import cv2
+import numpy as np
+
+DB_FILE = "cells.db"
+CROPS_DIR = "crops"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL                 -- JSON
+);
+CREATE TABLE IF NOT EXISTS frames (
+    frame_index  INTEGER PRIMARY KEY,
+    frame_name   TEXT NOT NULL,
+    time         REAL NOT NULL,         -- seconds (Frame.timestamp)
+    focus        REAL,                  -- capture.focus_score, NULL if not measured
+    blurred      INTEGER NOT NULL DEFAULT 0,
+    cells        INTEGER NOT NULL DEFAULT 0,   -- rows added to `cells` for this frame
+    note         TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS cells (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    frame_index  INTEGER NOT NULL,
+    frame_name   TEXT NOT NULL,
+    x0 INTEGER NOT NULL, y0 INTEGER NOT NULL, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL,
+    label        TEXT NOT NULL,
+    confidence   REAL NOT NULL,
+    crop_path    TEXT,                  -- relative to the run folder, e.g. crops/000012_00_neutrophil.jpg
+    time         REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cells_label ON cells(label);
+"""
+
+
+class OutputError(Exception):
+    """The run folder cannot be created, written, or has run out of space."""
+
+
+@dataclass(frozen=True)
+class CellRow:
+    id: int
+    frame_index: int
+    frame_name: str
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    label: str
+    confidence: float
+    crop_path: str | None
+    time: float
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    frame_index: int
+    frame_name: str
+    time: float
+    focus: float | None
+    blurred: bool
+    cells: int
+    note: str
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return True
+    return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()  # SQLITE_FULL: "database or disk is full"
+
+
+class Recorder:
+    """Writes one run folder. Single writer; use it as a context manager or call close()."""
+
+    def __init__(self, run_dir: Path | str, min_free_mb: float = 50.0, stop_free_mb: float = 10.0,
+                 jpeg_quality: int = 90, synchronous: str = "NORMAL"):
+        self.run_dir = Path(run_dir)
+        self.crops_dir = self.run_dir / CROPS_DIR
+        self.db_path = self.run_dir / DB_FILE
+        self.min_free_mb = min_free_mb
+        self.stop_free_mb = stop_free_mb
+        self.jpeg_quality = int(jpeg_quality)
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self._check_folder()
+        try:
+            self._db = sqlite3.connect(str(self.db_path), isolation_level=None, check_same_thread=False, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise OutputError(f"cannot create the run database {self.db_path}: {exc}. "
+                              f"Choose another output folder on a local disk.") from None
+        self._in_frame: int | None = None       # frame index of the open transaction
+        self._frame_crops: list[Path] = []
+        self._frame_cells = 0
+        self._closed = False
+        self.set_meta("schema_version", SCHEMA_VERSION)
+        self.set_meta("started_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    # ------------------------------------------------------------ checks before capture
+
+    def _check_folder(self) -> None:
+        d = self.run_dir
+        if d.exists() and not d.is_dir():
+            raise OutputError(f"the output path {d} is a file, not a folder: choose a folder path for the run")
+        if (d / DB_FILE).exists():
+            raise OutputError(f"{d} already holds a recorded run ({DB_FILE}); choose a new output folder "
+                              f"so the earlier run is not mixed with this one")
+        try:
+            self.crops_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the run folder {d}: {exc.strerror or exc}. "
+                              f"Choose an output folder you can write to (e.g. under your home folder).") from None
+        probe = d / ".write-probe"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, b"wbcedge write probe\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OutputError(f"cannot write into the run folder {d}: {exc.strerror or exc}. "
+                              f"Check the disk is mounted read-write and this user may write there.") from None
+        free_mb = self._free_mb()
+        if free_mb < self.min_free_mb:
+            raise OutputError(f"only {free_mb:.0f} MB free on the disk holding {d}; a run needs at least "
+                              f"{self.min_free_mb:.0f} MB. Free some space or choose a folder on another disk.")
+
+    def _free_mb(self) -> float:
+        return shutil.disk_usage(self.run_dir).free / 1e6
+
+    # ------------------------------------------------------------ writing
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store one run fact (JSON-encodable): source, profile, model, thresholds..."""
+        # Outside a frame this commits at once; inside one it joins the frame's transaction.
+        self._execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def add_cell(self, frame_index: int, frame_name: str, box: tuple[int, int, int, int], label: str,
+                 confidence: float, crop_bgr: np.ndarray | None = None, time_s: float | None = None) -> int:
+        """Record one counted cell of the current frame (committed by `commit_frame`). Returns its row id.
+
+        box is (x0, y0, x1, y1) in frame pixels; crop_bgr (BGR uint8) is saved as a JPEG under crops/.
+        """
+        self._begin(frame_index)
+        crop_rel = None
+        if crop_bgr is not None:
+            name = f"{frame_index:06d}_{self._frame_cells:02d}_{_safe(label)}.jpg"
+            ok, data = cv2.imencode(".jpg", crop_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            if not ok:
+                raise ValueError(f"could not encode the crop of a {label} in frame {frame_name} as JPEG "
+                                 f"(shape {getattr(crop_bgr, 'shape', None)})")
+            path = self.crops_dir / name
+            try:
+                _write_file(path, data.tobytes())
+            except OSError as exc:
+                try:
+                    path.unlink()  # a partly written JPEG
+                except OSError:
+                    pass
+                self._fail(exc, f"writing {path}")
+            self._frame_crops.append(path)
+            crop_rel = f"{CROPS_DIR}/{name}"
+        x0, y0, x1, y1 = (int(v) for v in box)
+        cur = self._execute(
+            "INSERT INTO cells(frame_index, frame_name, x0, y0, x1, y1, label, confidence, crop_path, time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (int(frame_index), frame_name, x0, y0, x1, y1, label, float(confidence), crop_rel,
+             time.time() if time_s is None else float(time_s)))
+        self._frame_cells += 1
+        return int(cur.lastrowid)
+
+    def commit_frame(self, frame_index: int, frame_name: str = "", time_s: float | None = None,
+                     focus: float | None = None, blurred: bool = False, note: str = "") -> None:
+        """Write the frame's row and commit it with its cells: one transaction per frame.
+
+        Call it for every frame looked at, with or without cells (blurred frames too),
+        so the record shows what was seen.
+        """
+        self._begin(frame_index)
+        self._execute("INSERT OR REPLACE INTO frames(frame_index, frame_name, time, focus, blurred, cells, note) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (int(frame_index), frame_name, time.time() if time_s is None else float(time_s),
+                       None if focus is None else float(focus), int(bool(blurred)), self._frame_cells, note))
+        self._execute("COMMIT")
+        self._in_frame, self._frame_crops, self._frame_cells = None, [], 0
+        free_mb = self._free_mb()
+        if free_mb < self.stop_free_mb:
+            raise OutputError(f"the disk holding {self.run_dir} has only {free_mb:.0f} MB left; stopped recording "
+                              f"after frame {frame_name or frame_index} so the records stay intact. "
+                              f"Free some space, then start a new run.")
+
+    def rollback_frame(self) -> None:
+        """Drop the current frame's cells (e.g. the frame turned out unusable)."""
+        if self._in_frame is not None:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for p in self._frame_crops:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+        self._in_frame, self._frame_crops, self._frame_cells = None, [], 0
+
+    def _begin(self, frame_index: int) -> None:
+        if self._closed:
+            raise OutputError(f"the recorder for {self.run_dir} is closed")
+        if self._in_frame is None:
+            self._execute("BEGIN IMMEDIATE")
+            self._in_frame = int(frame_index)
+        elif self._in_frame != int(frame_index):
+            raise ValueError(f"frame {frame_index} started before frame {self._in_frame} was committed: "
+                             f"call commit_frame() (or rollback_frame()) once per frame")
+
+    def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            self._fail(exc, "writing the run database")
+
+    def _fail(self, exc: BaseException, doing: str) -> NoReturn:
+        self.rollback_frame()
+        if _is_disk_full(exc):
+            raise OutputError(f"the disk holding {self.run_dir} is full ({doing}): the frames recorded before "
+                              f"this one are kept in {self.db_path}. Free some space, then start a new run.") from exc
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write to {self.run_dir} ({doing}): {exc.strerror or exc}") from exc
+        raise OutputError(f"the run database {self.db_path} failed ({doing}): {exc}") from exc
+
+    # ------------------------------------------------------------ reading and closing
+
+    def cells(self) -> list[CellRow]:
+        """All committed cells, in the order they were recorded."""
+        return _cells(self._db)
+
+    def frames(self) -> list[FrameRow]:
+        return _frames(self._db)
+
+    def meta(self) -> dict[str, Any]:
+        return _meta(self._db)
+
+    def close(self, finished: bool = True) -> None:
+        """Close the database. A frame not committed yet is dropped (as a crash would).
+
+        `finished` records `finished_at` in meta; a run folder without it ended abnormally.
+        """
+        if self._closed:
+            return
+        self.rollback_frame()
+        try:
+            if finished:
+                self.set_meta("finished_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (sqlite3.Error, OutputError):
+            pass  # the WAL is replayed on the next open; nothing is lost
+        finally:
+            self._db.close()
+            self._closed = True
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(finished=exc_type is None)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def _safe(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label) or "cell"
+
+
+# ---------------------------------------------------------------- reading a finished (or crashed) run
+
+def open_run(run_dir: Path | str) -> sqlite3.Connection:
+    """Open a run folder's database for reading; raises FileNotFoundError naming the folder."""
+    path = Path(run_dir) / DB_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: {DB_FILE} is missing")
+    return sqlite3.connect(str(path))
+
+
+def read_cells(run_dir: Path | str) -> list[CellRow]:
+    db = open_run(run_dir)
+    try:
+        return _cells(db)
+    finally:
+        db.close()
+
+
+def read_frames(run_dir: Path | str) -> list[FrameRow]:
+    db = open_run(run_dir)
+    try:
+        return _frames(db)
+    finally:
+        db.close()
+
+
+def read_meta(run_dir: Path | str) -> dict[str, Any]:
+    db = open_run(run_dir)
+    try:
+        return _meta(db)
+    finally:
+        db.close()
+
+
+def _cells(db: sqlite3.Connection) -> list[CellRow]:
+    rows = db.execute("SELECT id, frame_index, frame_name, x0, y0, x1, y1, label, confidence, crop_path, time "
+                      "FROM cells ORDER BY id").fetchall()
+    return [CellRow(*r) for r in rows]
+
+
+def _frames(db: sqlite3.Connection) -> list[FrameRow]:
+    rows = db.execute("SELECT frame_index, frame_name, time, focus, blurred, cells, note "
+                      "FROM frames ORDER BY frame_index").fetchall()
+    return [FrameRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
+
+
+def _meta(db: sqlite3.Connection) -> dict[str, Any]:
+    return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta ORDER BY key")}

@@ -1,0 +1,233 @@
+"""What a run leaves for people and for machines: the differential as JSON, CSV and an HTML page.
+
+`write_outputs(run_dir, differential, meta)` writes, into a run folder made by
+`record.Recorder`:
+    differential.json   {"meta": ..., "differential": ...} (count.differential's dict)
+    differential.csv    one row per cell type, then the unidentified and total rows
+    report.html         one page with no outside resources: the differential table with
+                        intervals and flags, the run facts, and a gallery of the cell crops
+                        grouped by type, least confident first (the cells worth a second look);
+                        images are linked relatively (crops/...), so keep the folder together.
+`format_differential(diff)` renders the same table for the terminal (rich).
+Files are written to a temporary name and renamed, so a crash never leaves half a report.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping
+
+from rich.table import Table
+
+from wbcedge.record import DB_FILE, CellRow, OutputError, read_cells
+
+JSON_FILE = "differential.json"
+CSV_FILE = "differential.csv"
+HTML_FILE = "report.html"
+CSV_FIELDS = ("type", "count", "percent", "ci_low_percent", "ci_high_percent",
+              "reference_low_percent", "reference_high_percent", "flag")
+
+
+def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
+                  max_per_class: int = 200) -> dict[str, Path]:
+    """Write differential.json, differential.csv and report.html into run_dir; returns their paths.
+
+    The gallery shows at most `max_per_class` crops per type (the least confident ones).
+    """
+    run_dir = Path(run_dir)
+    meta = dict(meta or {})
+    try:
+        cells = read_cells(run_dir)
+    except FileNotFoundError:
+        cells = []  # a differential without a recorded run (e.g. from labels only): no gallery
+    paths = {"json": run_dir / JSON_FILE, "csv": run_dir / CSV_FILE, "html": run_dir / HTML_FILE}
+    texts = {"json": json.dumps({"meta": meta, "differential": differential}, indent=2, default=_jsonable) + "\n",
+             "csv": differential_csv(differential),
+             "html": render_html(run_dir, differential, meta, cells, max_per_class)}
+    for key, path in paths.items():
+        try:
+            _write_atomic(path, texts[key])
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}. The cells are safe in "
+                              f"{run_dir / DB_FILE}; free some space and write the report again.") from exc
+    return paths
+
+
+def differential_csv(diff: Mapping[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for cls in diff["classes"]:
+        t = diff["types"][cls]
+        writer.writerow([cls, t["count"], _num(t["percent"], 2), _num(t["ci_low"], 2), _num(t["ci_high"], 2),
+                         _num(t["reference_low"], 1), _num(t["reference_high"], 1), t["flag"]])
+    writer.writerow([diff.get("unidentified_label", "unidentified"), diff["unidentified"], "", "", "", "", "",
+                     "excluded from percentages"])
+    writer.writerow(["classified_total", diff["classified"], _num(100.0 if diff["classified"] else None, 2),
+                     "", "", "", "", ""])
+    return buf.getvalue()
+
+
+def format_differential(diff: Mapping[str, Any]) -> Table:
+    """The differential as a rich table for the terminal."""
+    level = diff.get("level", 0.95)
+    table = Table(title="White cell differential", caption=_caption(diff))
+    table.add_column("Type")
+    table.add_column("Count", justify="right")
+    table.add_column("%", justify="right")
+    table.add_column(f"{level * 100:g}% CI", justify="right")
+    table.add_column("Reference %", justify="right")
+    table.add_column("Flag")
+    for cls in diff["classes"]:
+        t = diff["types"][cls]
+        flag = t["flag"]
+        style = {"low": "bold yellow", "high": "bold red"}.get(flag, "")
+        table.add_row(cls, str(t["count"]), _pct(t["percent"]), _ci(t), _ref(t),
+                      f"[{style}]{flag.upper()}[/]" if flag else "")
+    table.add_section()
+    table.add_row("classified", str(diff["classified"]), "100.0" if diff["classified"] else "—", "", "", "")
+    table.add_row(f"{diff.get('unidentified_label', 'unidentified')} (excluded)", str(diff["unidentified"]),
+                  "", "", "", "")
+    return table
+
+
+def _caption(diff: Mapping[str, Any]) -> str:
+    n = diff["classified"]
+    if n == 0:
+        return "No cell was classified: no percentages."
+    text = f"Percent of {n} classified cells; Clopper-Pearson exact interval."
+    if n < 100:
+        text += " Fewer than 100 cells: intervals are wide; count more fields."
+    return text
+
+
+# ---------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem;color:#222;max-width:1200px}
+h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5rem 0}th,td{padding:.3rem .7rem;border-bottom:1px solid #eee;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f5f5f5}
+.low{color:#a15c00;font-weight:bold}.high{color:#b00020;font-weight:bold}.muted{color:#777}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem}
+.gallery{display:flex;flex-wrap:wrap;gap:.5rem}
+figure{margin:0;width:132px;font-size:.75rem;text-align:center}
+figure img{width:128px;height:128px;object-fit:contain;background:#eee;border:1px solid #ccc}
+.missing{display:flex;align-items:center;justify-content:center;width:128px;height:128px;background:#eee;color:#777}
+"""
+
+
+def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any], cells: list[CellRow],
+                max_per_class: int = 200) -> str:
+    e = html.escape
+    level = diff.get("level", 0.95)
+    parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+             "<title>White cell differential</title>", f"<style>{_CSS}</style></head><body>",
+             "<h1>White cell differential</h1>"]
+    parts.append(f"<p>{e(_caption(diff))}</p>")
+    if diff["classified"] and diff["classified"] < 100:
+        parts.append("<p class=\"note\">A differential is usually based on at least 100 white cells.</p>")
+
+    parts.append("<table><thead><tr><th>Type</th><th>Count</th><th>%</th>"
+                 f"<th>{level * 100:g}% CI</th><th>Reference %</th><th>Flag</th></tr></thead><tbody>")
+    for cls in diff["classes"]:
+        t = diff["types"][cls]
+        flag = t["flag"]
+        parts.append(f"<tr><td>{e(cls)}</td><td>{t['count']}</td><td>{_pct(t['percent'])}</td>"
+                     f"<td>{e(_ci(t))}</td><td>{e(_ref(t))}</td>"
+                     f"<td class=\"{e(flag)}\">{e(flag.upper())}</td></tr>")
+    parts.append(f"<tr><th>classified</th><th>{diff['classified']}</th>"
+                 f"<th>{'100.0' if diff['classified'] else '—'}</th><th></th><th></th><th></th></tr>")
+    ulabel = diff.get("unidentified_label", "unidentified")
+    parts.append(f"<tr><td>{e(ulabel)} <span class=\"muted\">(not in the percentages)</span></td>"
+                 f"<td>{diff['unidentified']}</td><td></td><td></td><td></td><td></td></tr>")
+    parts.append("</tbody></table>")
+    parts.append("<p class=\"muted\">Flags compare the percent with the reference range; "
+                 "read them together with the interval. Reference ranges differ between laboratories.</p>")
+
+    if meta:
+        parts.append("<h2>Run</h2><table><tbody>")
+        for key, value in meta.items():
+            text = value if isinstance(value, str) else json.dumps(value, default=_jsonable)
+            parts.append(f"<tr><td>{e(str(key))}</td><td style=\"text-align:left\">{e(str(text))}</td></tr>")
+        parts.append("</tbody></table>")
+
+    parts.append("<h2>Cells</h2>")
+    if not cells:
+        parts.append("<p class=\"muted\">No cell crops were recorded.</p>")
+    by_label: dict[str, list[CellRow]] = defaultdict(list)
+    for c in cells:
+        by_label[c.label].append(c)
+    order = [c for c in diff["classes"] if c in by_label] + [ulabel] * (ulabel in by_label)
+    order += sorted(set(by_label) - set(order))
+    for label in order:
+        group = sorted(by_label[label], key=lambda c: (c.confidence, c.id))
+        shown = group[:max_per_class]
+        more = f", showing the {len(shown)} least confident" if len(group) > len(shown) else ""
+        parts.append(f"<h3 id=\"{e(label)}\">{e(label)} — {len(group)} cell{'s' * (len(group) != 1)}"
+                     f"{more} (least confident first)</h3><div class=\"gallery\">")
+        for c in shown:
+            caption = f"{c.confidence:.2f} · {c.frame_name}"
+            if c.crop_path and (run_dir / c.crop_path).is_file():
+                img = (f"<img src=\"{e(c.crop_path, quote=True)}\" loading=\"lazy\" "
+                       f"alt=\"{e(label)} {c.confidence:.2f}\">")
+            else:
+                img = "<div class=\"missing\">no crop</div>"
+            parts.append(f"<figure>{img}<figcaption>{e(caption)}</figcaption></figure>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- helpers
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _ci(t: Mapping[str, Any]) -> str:
+    if t["ci_low"] is None:
+        return "—"
+    return f"{t['ci_low']:.1f}–{t['ci_high']:.1f}"
+
+
+def _ref(t: Mapping[str, Any]) -> str:
+    if t["reference_low"] is None:
+        return ""
+    return f"{t['reference_low']:g}–{t['reference_high']:g}"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
