@@ -125,6 +125,9 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     from wbcedge.models.applications import backbone_of
 
     run_dir = Path(run_dir)
+    if (run_dir / "summary.json").is_file():
+        progress(f"{run_dir} holds a finished run; nothing to do (use a new --out to train again)")
+        return json.loads((run_dir / "summary.json").read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:

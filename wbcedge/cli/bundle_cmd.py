@@ -1,0 +1,90 @@
+"""`wbcedge bundle`: inspect, verify, pack and unpack model bundles (device side: no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from wbcedge.cli import app
+from wbcedge.cli.common import JSON_OPTION, console, fail, write_json
+
+bundle_app = typer.Typer(help="Inspect, verify, pack and unpack model bundles.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("inspect")
+def inspect_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archive (default: the built-in one)."),
+                json_path: Path = JSON_OPTION) -> None:
+    """Print what a bundle holds: classes, preprocessing, model files and their gate results."""
+    from wbcedge.bundle import BundleError, load_bundle, verify_bundle
+
+    try:
+        b = load_bundle(bundle, verify=False)
+    except BundleError as e:
+        fail(str(e))
+    m = b.manifest
+    problems = verify_bundle(b.path)
+    console.print(f"[bold]{b.path}[/]  format {m.get('format')} v{m.get('format_version')}, created {m.get('created')}, "
+                  f"from run {m.get('source_run')}")
+    console.print(f"classes: {', '.join(b.classes)}; confidence threshold {b.threshold}")
+    console.print(f"preprocess: {json.dumps(m.get('preprocess'))}")
+    table = Table(title="model files")
+    for col in ("file", "backend", "precision", "size", "accuracy", "gate", "default"):
+        table.add_column(col)
+    for e in b.models:
+        table.add_row(e["file"], e["backend"], e["precision"], f"{e['size_bytes'] / 1e6:.2f} MB",
+                      f"{100 * e['accuracy']:.2f}%", "ok" if e["within_budget"] else "OVER BUDGET",
+                      "yes" if e["file"] == m.get("default_model") else "")
+    console.print(table)
+    console.print(f"deployable: {b.deployable}; verification: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+    write_json(json_path, {**m, "verification_problems": problems, "path": str(b.path)})
+
+
+@bundle_app.command("verify")
+def verify_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archive (default: the built-in one)."),
+               json_path: Path = JSON_OPTION) -> None:
+    """Check every file's sha256 and the format version; exit 1 on any problem."""
+    from wbcedge.bundle import DEFAULT_BUNDLE, BundleError, load_bundle, verify_bundle
+
+    try:
+        b = load_bundle(bundle, verify=False)
+    except BundleError as e:
+        fail(str(e))
+    problems = verify_bundle(b.path)
+    write_json(json_path, {"path": str(b.path), "ok": not problems, "problems": problems})
+    if problems:
+        for p in problems:
+            console.print(f"[red]x[/] {p}", highlight=False)
+        fail(f"bundle {bundle or DEFAULT_BUNDLE} failed verification ({len(problems)} problem(s))", code=1)
+    console.print(f"[green]ok[/] {b.path}: {len(b.manifest['files'])} files match the manifest, format v{b.manifest['format_version']}")
+
+
+@bundle_app.command("pack")
+def pack_cmd(bundle: Path = typer.Argument(..., help="Bundle folder."),
+             out: Path = typer.Option(None, "--out", "-o", help="Archive path (default: BUNDLE.tar.gz).")) -> None:
+    """Pack a verified bundle folder into one .tar.gz file."""
+    from wbcedge.bundle import BundleError, load_bundle, pack
+
+    try:
+        b = load_bundle(bundle)
+    except BundleError as e:
+        fail(str(e))
+    archive = pack(b.path, out or bundle.with_name(bundle.name + ".tar.gz"))
+    console.print(f"wrote {archive}")
+
+
+@bundle_app.command("unpack")
+def unpack_cmd(archive: Path = typer.Argument(..., help="A bundle .tar.gz."),
+               dest: Path = typer.Argument(..., help="Folder to unpack into.")) -> None:
+    """Unpack and verify an archive; never writes outside DEST."""
+    from wbcedge.bundle import BundleError, load_bundle, unpack
+
+    try:
+        unpack(archive, dest)
+        load_bundle(dest)
+    except BundleError as e:
+        fail(str(e))
+    console.print(f"unpacked and verified {dest}")

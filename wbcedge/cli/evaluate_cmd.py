@@ -1,0 +1,81 @@
+"""`wbcedge evaluate`: accuracy with intervals, Table VI, plots; McNemar between two models; localization on frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from wbcedge.cli import app
+from wbcedge.cli.common import JSON_OPTION, console, fail, write_json
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Argument(None, help="A run folder or a bundle (folder or .tar.gz)."),
+    data: Path = typer.Option(None, "--data", help="A split manifest (its test split is used) or a class-folder tree."),
+    split: str = typer.Option("test", "--split", help="Which split of a manifest to use."),
+    out: Path = typer.Option(None, "--out", "-o", help="Report folder (default: MODEL/eval-<split>)."),
+    compare: Path = typer.Option(None, "--compare", help="A second model: McNemar test on the same images."),
+    backend: str = typer.Option(None, "--backend", help="For a bundle: tflite or onnx (default: the bundle's)."),
+    precision: str = typer.Option(None, "--precision", help="For a bundle: int8 or fp32."),
+    frames: Path = typer.Option(None, "--frames", help="Evaluate white-cell localization on a VOC folder of frames instead."),
+    json_path: Path = JSON_OPTION,
+) -> None:
+    """Evaluate a model on held-out crops (or the cell locator on annotated frames)."""
+    if frames is not None:
+        return _evaluate_frames(frames, json_path)
+    if model is None or data is None:
+        fail("give MODEL and --data (a manifest or a class-folder tree), or --frames DIR for the locator")
+    from wbcedge import metrics
+    from wbcedge.bundle import BundleError
+    from wbcedge.data import load_split
+    from wbcedge.evaluate import open_model, predict_records
+
+    try:
+        records = load_split(data, split if data.is_file() else None)
+        predictor = open_model(model, backend, precision)
+        y_true, probs = predict_records(predictor, records)
+    except (FileNotFoundError, ValueError, BundleError) as e:
+        fail(str(e))
+    results = metrics.classification_results(y_true, probs, predictor.classes)
+    results["model"], results["data"], results["split"] = str(model), str(data), split
+    console.print(metrics.format_table(results, title=f"{model.name} on {data.name} ({len(records)} images)"))
+    if compare is not None:
+        try:
+            other = open_model(compare, backend, precision)
+            _, probs_b = predict_records(other, records)
+        except (FileNotFoundError, ValueError, BundleError) as e:
+            fail(str(e))
+        results_b = metrics.classification_results(y_true, probs_b, other.classes)
+        test = metrics.mcnemar(y_true, probs, probs_b, names=(str(model), str(compare)))
+        console.print(metrics.compare_markdown(results, results_b, test, names=(str(model), str(compare))))
+        write_json(json_path, {"a": results, "b": results_b, "mcnemar": test})
+        return
+    history = model / "history.csv"
+    folder = out or (model / f"eval-{split}" if model.is_dir() else Path(f"eval-{split}"))
+    paths = metrics.write_report(folder, results, y_true, probs, predictor.classes,
+                                 title=f"{model.name} ({predictor.name}) on {data.name}, {split} split",
+                                 history_csv=history if history.is_file() else None)
+    console.print(f"report: {paths['markdown']}  (JSON, confusion, ROC" + (", curves" if "curves" in paths else "") + " beside it)")
+    write_json(json_path, results)
+
+
+def _evaluate_frames(frames: Path, json_path: Path | None) -> None:
+    from rich.table import Table
+
+    from wbcedge.locate_eval import evaluate_localization
+
+    frames = Path(frames)
+    images = frames / "JPEGImages" if (frames / "JPEGImages").is_dir() else frames
+    annotations = frames / "Annotations" if (frames / "Annotations").is_dir() else frames / "annotations"
+    if not annotations.is_dir():
+        fail(f"no VOC annotations next to {frames}: expected {frames}/Annotations/*.xml")
+    res = evaluate_localization(images, annotations)
+    table = Table(title=f"White-cell localization on {frames} (IoU >= 0.5)")
+    for col in ("frames", "boxes", "found", "recall", "precision", "extra boxes", "ms/frame"):
+        table.add_column(col, justify="right")
+    table.add_row(str(res["n_frames"]), str(res["n_gt"]), str(res["true_positives"]), f"{100 * res['recall']:.1f}%",
+                  f"{100 * res['precision']:.1f}%", f"{100 * res['extra_box_rate']:.1f}%", f"{res['ms_per_frame']:.1f}")
+    console.print(table)
+    write_json(json_path, res)

@@ -1,0 +1,71 @@
+"""`wbcedge export`: run folder -> accuracy-gated bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from wbcedge.cli import app
+from wbcedge.cli.common import JSON_OPTION, console, err_console, fail, write_json
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="A run folder from `wbcedge train`."),
+    int8: bool = typer.Option(False, "--int8", help="Also full-integer int8 files, checked against the float model."),
+    formats: str = typer.Option("tflite,onnx", "--format", help="Comma-separated: tflite, onnx."),
+    float16: bool = typer.Option(False, "--float16", help="Also a float16-weights TFLite file."),
+    calib: int = typer.Option(300, "--calib", help="Calibration images, class-stratified from the train split."),
+    max_drop: float = typer.Option(1.0, "--max-drop", help="Accuracy points a file may lose against float."),
+    max_class_drop: float = typer.Option(3.0, "--max-class-drop", help="Recall points any class may lose."),
+    activation_type: str = typer.Option("uint8", "--activation-type", help="ONNX int8 activations: uint8 or int8."),
+    threshold: float = typer.Option(0.6, "--threshold", help="Below this confidence a cell is 'unidentified'."),
+    data: Path = typer.Option(None, "--data", help="Split manifest (default: the one the run trained on)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Bundle folder (default: RUN-bundle)."),
+    archive: bool = typer.Option(False, "--archive", help="Also write BUNDLE.tar.gz."),
+    force: bool = typer.Option(False, "--force", help="Mark the bundle deployable even over budget (the report keeps the failure)."),
+    json_path: Path = JSON_OPTION,
+) -> None:
+    """Export float and (with --int8) int8 TFLite/ONNX files into one verified bundle."""
+    from wbcedge.export import ExportOptions, GateFailed, export
+
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    bad = set(fmts) - {"tflite", "onnx"}
+    if bad or not fmts:
+        fail(f"--format {formats!r}: choose from tflite, onnx (comma-separated)")
+    if activation_type not in ("uint8", "int8"):
+        fail(f"--activation-type {activation_type!r}: choose uint8 or int8")
+    out = out or run.with_name(run.name + "-bundle")
+    opts = ExportOptions(int8=int8, formats=fmts, float16=float16, calib=calib, max_drop=max_drop,
+                         max_class_drop=max_class_drop, activation_type=activation_type, threshold=threshold,
+                         force=force, data=str(data) if data else None, archive=archive)
+    failed = None
+    try:
+        report = export(run, out, opts, progress=lambda m: console.print(m, highlight=False))
+    except GateFailed as e:
+        failed, report = e, e.report
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    console.print(_table(report))
+    console.print(f"bundle: {out}" + (" (NOT deployable)" if failed else "") + f"; report: {out / 'report.md'}")
+    write_json(json_path, report)
+    if failed:
+        err_console.print(f"[bold red]error:[/] {failed}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _table(report: dict) -> Table:
+    table = Table(title=f"Export check on {report['test_images']} held-out images "
+                        f"(float {100 * report['float']['accuracy']:.2f}%)")
+    for col in ("file", "size", "accuracy [95% CI]", "drop", "worst class drop", "agree", "verdict"):
+        table.add_column(col, justify="left" if col in ("file", "verdict") else "right")
+    for e in report["files"]:
+        worst = max(e["recall_drop_pp"].items(), key=lambda kv: kv[1])
+        lo, hi = e["accuracy_ci95"]
+        table.add_row(e["file"], f"{e['size_bytes'] / 1e6:.2f} MB",
+                      f"{100 * e['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]", f"{e['accuracy_drop_pp']:+.2f}",
+                      f"{worst[0][:4]} {worst[1]:+.2f}", f"{100 * e['agreement_with_float']:.1f}%",
+                      "[green]ok[/]" if e["within_budget"] else "[red]OVER BUDGET[/]")
+    return table

@@ -1,0 +1,178 @@
+"""The device pipeline: frames in, located and classified white cells and a differential out.
+
+    frame (BGR) -> focus check -> locate_cells -> crop_around_cell + to_model_input
+                -> Classifier.predict (one batch per frame) -> tracker -> Recorder
+
+No TensorFlow. Every stage is timed, so `wbcedge bench` and the run summary can
+show which one is the slowest. Cells below the bundle's confidence threshold are
+recorded as "unidentified": kept for review, never forced into a class.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from wbcedge.bundle import Bundle
+from wbcedge.capture import CameraLostError, FrameSource, focus_score
+from wbcedge.locate import CellBox, LocatorConfig, locate_cells
+from wbcedge.preprocess import crop_around_cell, to_model_input
+from wbcedge.runtime import Classifier
+
+UNIDENTIFIED = "unidentified"
+STAGES = ("decode", "focus", "locate", "preprocess", "infer", "bookkeeping")
+
+
+@dataclass
+class Cell:
+    box: CellBox
+    label: str
+    confidence: float
+    probs: np.ndarray
+    crop: np.ndarray  # BGR crop as the model saw it (before resizing)
+
+
+@dataclass
+class StageTimer:
+    """Seconds spent per stage, summed over frames."""
+    seconds: dict = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+    frames: int = 0
+
+    def add(self, stage: str, dt: float) -> None:
+        self.seconds[stage] += dt
+
+    def summary(self, wall_s: float | None = None) -> dict:
+        n = max(self.frames, 1)
+        total = sum(self.seconds.values())
+        out = {"frames": self.frames,
+               "ms_per_frame": {s: 1000 * v / n for s, v in self.seconds.items()},
+               "stages_ms_per_frame": 1000 * total / n,
+               "fps_from_stages": self.frames / total if total else None}
+        if wall_s is not None:
+            out["wall_s"] = wall_s
+            out["fps_end_to_end"] = self.frames / wall_s if wall_s else None
+        return out
+
+
+class CellPipeline:
+    """Locate and classify the white cells of one frame with a bundle's model."""
+
+    def __init__(self, bundle: Bundle, backend: str | None = None, precision: str | None = None,
+                 threads: int | None = None, locator: LocatorConfig | None = None,
+                 um_per_px: float | None = None, threshold: float | None = None):
+        self.bundle = bundle
+        self.spec = bundle.spec
+        self.classes = bundle.classes
+        self.model_entry = bundle.model_entry(backend, precision)
+        self.classifier = Classifier(bundle.path / self.model_entry["file"], threads=threads)
+        self.locator = locator or LocatorConfig()
+        self.um_per_px = um_per_px
+        self.threshold = bundle.threshold if threshold is None else threshold
+        self.timer = StageTimer()
+
+    def analyse(self, image: np.ndarray) -> list[Cell]:
+        t0 = time.perf_counter()
+        boxes = locate_cells(image, self.locator, um_per_px=self.um_per_px)
+        t1 = time.perf_counter()
+        crops = [crop_around_cell(image, b.box, self.spec) for b in boxes]
+        inputs = np.stack([to_model_input(c, self.spec) for c in crops]) if crops else None
+        t2 = time.perf_counter()
+        probs = self.classifier.predict(inputs) if inputs is not None else np.zeros((0, len(self.classes)))
+        t3 = time.perf_counter()
+        self.timer.add("locate", t1 - t0)
+        self.timer.add("preprocess", t2 - t1)
+        self.timer.add("infer", t3 - t2)
+        cells = []
+        for box, crop, p in zip(boxes, crops, probs):
+            k = int(np.argmax(p))
+            conf = float(p[k])
+            label = self.classes[k] if conf >= self.threshold else UNIDENTIFIED
+            cells.append(Cell(box, label, conf, p, crop))
+        return cells
+
+
+@dataclass
+class SessionResult:
+    labels: list[str]
+    frames_seen: int
+    frames_blurred: int
+    stop_reason: str
+    timing: dict
+    error: str | None = None
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the loop finishes the current frame, then writes the report."""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+    def install(self):
+        def handler(signum, _frame):
+            self.reason = f"stopped by {signal.Signals(signum).name}"
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+
+def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, *, count_target: int | None = None,
+                blur_threshold: float | None = None, count_edge_cells: bool | None = None,
+                stop: StopFlag | None = None, on_frame: Callable[[object, list, list], None] | None = None) -> SessionResult:
+    """Capture until the source ends, the count is reached, or a stop; every counted cell is recorded as it goes."""
+    stop = stop or StopFlag()
+    timer = pipeline.timer
+    labels: list[str] = []
+    seen = blurred_frames = 0
+    reason, error = "source ended", None
+    edge_ok = (not source.is_stream) if count_edge_cells is None else count_edge_cells
+    t_start = time.perf_counter()
+    it = iter(source)
+    while not stop:
+        t0 = time.perf_counter()
+        try:
+            frame = next(it)
+        except StopIteration:
+            break
+        except CameraLostError as exc:
+            reason, error = "camera lost", str(exc)
+            break
+        t1 = time.perf_counter()
+        timer.add("decode", t1 - t0)
+        seen += 1
+        score = None
+        is_blurred = False
+        if blur_threshold:
+            score = focus_score(frame.image)
+            is_blurred = score < blur_threshold
+        timer.add("focus", time.perf_counter() - t1)
+        cells = [] if is_blurred else pipeline.analyse(frame.image)
+        t2 = time.perf_counter()
+        statuses = tracker.update(frame.image, [(*c.box.center, c.box.diameter) for c in cells]) if cells or tracker.tracking else []
+        counted = []
+        for cell, status in zip(cells, statuses):
+            if str(status) != "new" or (cell.box.touches_edge and not edge_ok):
+                continue
+            recorder.add_cell(frame.index, frame.name, cell.box.box, cell.label, cell.confidence, cell.crop)
+            labels.append(cell.label)
+            counted.append(cell)
+        blurred_frames += int(is_blurred)
+        recorder.commit_frame(frame.index, frame.name, focus=score, blurred=is_blurred,
+                              note="blurred: not analysed" if is_blurred else "")
+        timer.add("bookkeeping", time.perf_counter() - t2)
+        timer.frames += 1
+        if on_frame:
+            on_frame(frame, cells, counted)
+        classified = sum(1 for lab in labels if lab != UNIDENTIFIED)
+        if count_target and classified >= count_target:
+            reason = f"reached {count_target} classified cells"
+            break
+    if stop:
+        reason = stop.reason
+    return SessionResult(labels, seen, blurred_frames, reason, timer.summary(time.perf_counter() - t_start), error)
