@@ -51,7 +51,7 @@ class GateFailed(RuntimeError):
 
 def calibration_records(records: list[Record], n: int, seed: int) -> list[Record]:
     """n images from the train split, the same number per class (fewer where a class has fewer)."""
-    train = [r for r in records if r.split == "train" and not r.source]
+    train = [r for r in records if r.split == "train"]
     rng = np.random.default_rng(seed)
     per_class = max(1, n // len(CLASSES))
     chosen = []

@@ -1,0 +1,119 @@
+"""Export of the committed default run: int8 files that check themselves, a gate that bites, bundles that verify."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from wbcedge import data  # noqa: E402
+from wbcedge.bundle import BundleError, load_bundle, pack, unpack, verify_bundle  # noqa: E402
+from wbcedge.export import ExportOptions, GateFailed, export  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def export_manifest(tmp_path_factory, repo_root):
+    """The committed sample crops: 2 test images per class; train augmented to 20 per class for calibration."""
+    folder = tmp_path_factory.mktemp("export-data")
+    records = data.index_folder(repo_root / "wbcedge" / "samples" / "pbc").records
+    data.split_records(records, seed=0, test_per_class=2, val_fraction=0.0)
+    result = data.augment_records(records, folder / "aug", per_class=20, seed=0, workers=1)
+    path = folder / "manifest.csv"
+    data.write_manifest(result.records, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_bundle(default_run, export_manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "good"
+    report = export(default_run, out, ExportOptions(data=str(export_manifest), calib=100), progress=lambda m: None)
+    return out, report
+
+
+def test_export_writes_a_verified_deployable_bundle(good_bundle):
+    out, report = good_bundle
+    assert verify_bundle(out) == []
+    bundle = load_bundle(out)
+    assert bundle.deployable and bundle.classes == json.loads((out / "labels.json").read_text())
+    files = {e["file"]: e for e in report["files"]}
+    assert set(files) == {"model_fp32.tflite", "model_int8.tflite", "model_fp32.onnx", "model_int8.onnx"}
+    tfl = files["model_int8.tflite"]["quantization"]
+    assert tfl["fully_integer"] and tfl["input_dtype"] == "uint8" and tfl["per_channel_tensors"] > 0
+    onx = files["model_int8.onnx"]["quantization"]
+    assert onx["quantize_nodes"] > 0 and onx["per_channel_weights"] > 0 and onx["float_weight_convs"] == 0
+    assert json.loads(onx["metadata"]["wbcedge.labels"]) == bundle.classes
+    for name in ("model_int8.tflite", "model_int8.onnx"):
+        assert files[name]["size_bytes"] <= 0.35 * files[name.replace("int8", "fp32")]["size_bytes"]
+        assert files[name]["within_budget"]
+    assert bundle.model_entry()["file"] == "model_int8.tflite"
+    assert report["calibration"]["images"] == 100
+
+
+def test_gate_refuses_a_model_calibrated_on_blank_images(default_run, export_manifest, tmp_path):
+    blank = np.zeros((64, 128, 128, 3), np.uint8)
+    opts = ExportOptions(data=str(export_manifest), formats=("tflite",), calibration_override=blank)
+    with pytest.raises(GateFailed, match="model_int8.tflite") as info:
+        export(default_run, tmp_path / "bad", opts, progress=lambda m: None)
+    assert "calibration" in str(info.value)
+    bundle = load_bundle(tmp_path / "bad")  # written and verifiable, but not deployable
+    assert not bundle.deployable
+    failed = [e for e in info.value.report["files"] if not e["within_budget"]]
+    assert [e["file"] for e in failed] == ["model_int8.tflite"]
+    # The runner refuses it before any frame is captured.
+    res = subprocess.run([sys.executable, "-m", "wbcedge", "run", "--bundle", str(tmp_path / "bad"),
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert res.returncode != 0 and "not deployable" in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_force_marks_deployable_and_keeps_the_failure(default_run, export_manifest, tmp_path):
+    blank = np.zeros((64, 128, 128, 3), np.uint8)
+    opts = ExportOptions(data=str(export_manifest), formats=("tflite",), calibration_override=blank, force=True)
+    report = export(default_run, tmp_path / "forced", opts, progress=lambda m: None)
+    assert report["forced"] and report["failures"]
+    assert load_bundle(tmp_path / "forced").deployable
+    assert "OVER BUDGET" in (tmp_path / "forced" / "report.md").read_text()
+
+
+def test_too_few_calibration_images_is_an_error(default_run, sample_manifest, tmp_path):
+    with pytest.raises(ValueError, match="calibration"):
+        export(default_run, tmp_path / "b", ExportOptions(data=str(sample_manifest), calib=10), progress=lambda m: None)
+
+
+def test_verify_catches_a_tampered_file(good_bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(good_bundle[0], copy)
+    model = copy / "model_int8.tflite"
+    raw = bytearray(model.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    model.write_bytes(bytes(raw))
+    problems = verify_bundle(copy)
+    assert any("model_int8.tflite" in p and "sha256" in p for p in problems)
+    with pytest.raises(BundleError, match="failed verification"):
+        load_bundle(copy)
+    res = subprocess.run([sys.executable, "-m", "wbcedge", "bundle", "verify", str(copy)], capture_output=True, text=True)
+    assert res.returncode == 1 and "model_int8.tflite" in res.stdout + res.stderr
+
+
+def test_archive_round_trip_and_unsafe_archives_are_refused(good_bundle, tmp_path):
+    archive = pack(good_bundle[0], tmp_path / "b.tar.gz")
+    assert verify_bundle(unpack(archive, tmp_path / "unpacked")) == []
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        payload = b"x"
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(BundleError, match="outside"):
+        unpack(evil, tmp_path / "dest")
+    assert not (tmp_path / "outside.txt").exists()

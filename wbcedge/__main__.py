@@ -1,0 +1,3 @@
+from wbcedge.cli import main
+
+main()
