@@ -1,0 +1,395 @@
+"""Find the white cells in a full-field blood-smear frame, without a trained detector.
+
+White-cell nuclei are the most saturated purple thing in a Romanowsky-stained smear
+(Giemsa, May Grünwald-Giemsa, Wright): red cells are pink, platelets are purple
+but small, background is pale. The locator works on a small copy of the frame
+(`LocatorConfig.work_size`; ~2 ms per 640x480 frame on one core) in five steps:
+
+1. Nuclear stain: pixels whose blue-minus-red is well above the frame's median
+   (`nucleus_contrast`, `nucleus_relative`) and whose saturation is near the
+   nuclear peak (`nucleus_saturation`; this keeps a strongly stained cytoplasm, as
+   in PBC monocytes, or eosinophil granules out of the nucleus).
+2. Scale: `um_per_px` when given, otherwise measured from the red cells in the
+   frame (ridge of the distance transform of the red-cell mask, read as a 7.5 µm
+   red cell). A runner can measure it once with `estimate_um_per_px`.
+3. Lobes to nuclei: blobs within `lobe_gap_um` are one nucleus; then nuclei whose
+   modelled cells overlap heavily (centres closer than `same_cell_overlap` x their
+   mean diameter) are one cell: the far-apart lobes of an eosinophil or a
+   neutrophil. Two cells side by side stay apart because their centres are about a
+   diameter apart. Blobs too small to be a lobe (platelets) never merge.
+4. Size limits in micrometres: nuclei under `min_nucleus_area_um2`, cells under
+   `min_cell_um` (platelets, debris) and nuclei wider than `max_cell_um` (clumps)
+   are dropped.
+5. Whole cell: cytoplasm is pale and its edge depends on the stain, so the cell is
+   modelled from its nucleus: box side = `cell_to_nucleus` x nucleus side +
+   2 x `cytoplasm_rim_um` (fitted on BCCD trainval boxes), centred on the nucleus.
+   The same rule gives the cell diameter on single-cell training crops
+   (`measure_cell_fraction`), so the apparent cell size that the runner reproduces
+   is measured identically on both.
+
+Boxes are in frame pixels, x1/y1 exclusive, clipped to the frame; a cell whose
+modelled extent crosses the frame border, or whose nucleus reaches it, is flagged
+`touches_edge`. OpenCV and NumPy only: this runs on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import cv2
+import numpy as np
+
+__all__ = ["CellBox", "LocatorConfig", "locate_cells", "measure_cell_fraction", "estimate_um_per_px"]
+
+
+@dataclass(frozen=True)
+class CellBox:
+    """One located white cell: a box in frame pixels (x1/y1 exclusive)."""
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    score: float          # 0..1 confidence that this is a white cell
+    touches_edge: bool    # the cell is cut by the frame border
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0)
+
+    @property
+    def diameter(self) -> float:
+        """The box's longer side: what `preprocess.crop_around_cell` sizes its crop from."""
+        return float(max(self.x1 - self.x0, self.y1 - self.y0))
+
+
+@dataclass(frozen=True)
+class LocatorConfig:
+    """Knobs of `locate_cells`. The defaults were tuned on BCCD trainval and hold on PBC crops."""
+    work_px_per_um: float = 3.6          # resolution the segmentation runs at (px per micrometre)...
+    work_size: int = 160                 # ...first guessed as this longer side when um_per_px is not given
+    nucleus_contrast: float = 35.0       # blue-minus-red above the frame median that marks nuclear stain
+    nucleus_relative: float = 0.4        # ...and above this fraction of the frame's nuclear peak
+    nucleus_saturation: float = 0.5      # ...and saturation above this fraction of the nuclear peak
+    rbc_diameter_um: float = 7.5         # red-cell diameter, the ruler when um_per_px is not given
+    fallback_rbc_fraction: float = 0.2   # red-cell diameter / shorter frame side when no red cells are seen
+    min_cell_um: float = 6.5             # smaller cells (box side) are platelets or debris
+    min_nucleus_area_um2: float = 10.0   # so are smaller nuclei
+    min_lobe_area_um2: float = 5.0       # a cell's largest nuclear blob is at least this big
+    speck_area_um2: float = 0.5          # blobs below this are ignored altogether
+    max_cell_um: float = 30.0            # nuclei wider than this are clumps, not one cell
+    lobe_gap_um: float = 0.5             # nuclear blobs this close are one nucleus
+    same_cell_overlap: float = 0.85      # nuclei whose cells' centres are closer than this x their mean
+                                         # diameter are one cell (far-apart eosinophil lobes)
+    cell_to_nucleus: float = 1.25        # cell box side / nucleus box side
+    cytoplasm_rim_um: float = 0.35       # plus this rim on every side
+    min_score: float = 0.0               # drop cells scored below this
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("min_score", "speck_area_um2", "cytoplasm_rim_um", "lobe_gap_um"):
+                ok = value >= 0
+            elif f.name in ("nucleus_saturation", "nucleus_relative"):
+                ok = 0 <= value < 1
+            else:
+                ok = value > 0
+            if not ok:
+                raise ValueError(f"LocatorConfig.{f.name}={value!r} is out of range; see the field's comment "
+                                 "for what it means (sizes in micrometres must be positive)")
+        if self.work_size < 32:
+            raise ValueError(f"LocatorConfig.work_size={self.work_size} is too small to see cells; use 96 or more")
+
+
+_DEFAULT = LocatorConfig()
+# The measured scale moves the working resolution only when it is this far (relative) from
+# work_px_per_um: a 640x480 frame of BCCD stays at 160 px whatever the red cells' spread.
+_RESCALE_TOLERANCE = 0.25
+
+
+def _check_frame(frame_bgr: np.ndarray) -> None:
+    if not isinstance(frame_bgr, np.ndarray) or frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 \
+            or frame_bgr.dtype != np.uint8:
+        desc = f"shape {frame_bgr.shape} dtype {frame_bgr.dtype}" if isinstance(frame_bgr, np.ndarray) \
+            else type(frame_bgr).__name__
+        raise ValueError(f"expected an HxWx3 uint8 BGR frame (OpenCV's order), got {desc}; "
+                         "convert grey or RGBA frames with cv2.cvtColor first")
+    if min(frame_bgr.shape[:2]) < 16:
+        raise ValueError(f"frame {frame_bgr.shape[1]}x{frame_bgr.shape[0]} is too small to hold a cell")
+
+
+def _disc(radius: float) -> np.ndarray:
+    r = max(1, int(round(radius)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+class _Work:
+    """The frame at working size and the channels every step shares."""
+
+    def __init__(self, frame_bgr: np.ndarray, config: LocatorConfig, scale: float | None = None):
+        h, w = frame_bgr.shape[:2]
+        self.frame_hw = (h, w)
+        self.scale = min(1.0, config.work_size / max(h, w)) if scale is None else min(1.0, scale)
+        small = frame_bgr if self.scale == 1.0 else cv2.resize(
+            frame_bgr, (max(1, round(w * self.scale)), max(1, round(h * self.scale))), interpolation=cv2.INTER_AREA)
+        b, g, r = cv2.split(small)
+        self.green = g
+        blue_red = cv2.subtract(b, r, dtype=cv2.CV_16S)
+        self.blue_red = cv2.blur(blue_red, (3, 3))
+        self.level = float(np.median(self.blue_red))
+        peak = float(np.percentile(self.blue_red, 99.5)) - self.level
+        purple = self.blue_red > self.level + max(config.nucleus_contrast, config.nucleus_relative * peak)
+        if purple.any():
+            sat = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)[..., 1]
+            peak = float(np.percentile(sat[purple], 95))
+            purple &= sat > config.nucleus_saturation * peak
+        self.nucleus = purple.astype(np.uint8)
+
+
+def _rbc_diameter_px(work: _Work) -> float | None:
+    """Red-cell diameter in working pixels, or None when too few red cells are visible."""
+    # Red cells absorb green: they are darker than the background in G. Threshold with Otsu
+    # on the non-purple pixels (clipped, so eosinophil granules or dark debris do not pull it).
+    dark = 255 - work.green
+    keep = cv2.dilate(work.nucleus, _disc(2)) == 0
+    values = dark[keep]
+    if values.size < 100:
+        return None
+    values = np.minimum(values, np.percentile(values, 90)).astype(np.uint8)
+    thr, _ = cv2.threshold(values.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    cells = ((dark > thr) & keep).astype(np.uint8)
+    cells = cv2.morphologyEx(cells, cv2.MORPH_CLOSE, _disc(2))
+    # Fill the pale centres (central pallor) so that a red cell counts as a disc.
+    holes = 1 - cells
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
+    hh, ww = holes.shape
+    max_hole = (min(hh, ww) / 8.0) ** 2
+    inner = (stats[:, cv2.CC_STAT_AREA] < max_hole) & (stats[:, 0] > 0) & (stats[:, 1] > 0) \
+        & (stats[:, 0] + stats[:, 2] < ww) & (stats[:, 1] + stats[:, 3] < hh)
+    inner[0] = False
+    cells |= inner[lab].astype(np.uint8)
+    # Ridge of the distance transform (border counted as background): its upper values are
+    # red-cell radii; clumps and slivers sit in the tails.
+    dist = cv2.distanceTransform(cv2.copyMakeBorder(cells, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0),
+                                 cv2.DIST_L2, 3)[1:-1, 1:-1]
+    ridge = (dist >= cv2.dilate(dist, np.ones((5, 5), np.uint8))) & (dist >= 3)
+    radii = dist[ridge]
+    if radii.size < 3:
+        return None
+    # 2 x p80 of the ridge is ~0.77 of the red cells' bounding-box size (BCCD RBC boxes).
+    return 2.0 * float(np.percentile(radii, 80)) / 0.77
+
+
+def _px_per_um(work: _Work, config: LocatorConfig, um_per_px: float | None) -> tuple[float, bool]:
+    """Working pixels per micrometre, and whether it was measured on this frame's red cells."""
+    if um_per_px is not None:
+        return work.scale / um_per_px, False
+    rbc = _rbc_diameter_px(work)
+    short = min(work.nucleus.shape)
+    if rbc is None:
+        return config.fallback_rbc_fraction * short / config.rbc_diameter_um, False
+    rbc = float(np.clip(rbc, short / 40.0, short / 1.5))
+    return rbc / config.rbc_diameter_um, True
+
+
+def estimate_um_per_px(frames_bgr: np.ndarray | list[np.ndarray], config: LocatorConfig | None = None) -> float | None:
+    """Micrometres per frame pixel from the red cells' size, the median over one or more frames.
+
+    A camera's magnification does not change between frames: a runner can measure it
+    once on a few frames and pass it to every `locate_cells` call (steadier than the
+    per-frame estimate). None when no frame shows enough red cells.
+    """
+    config = config or _DEFAULT
+    frames = [frames_bgr] if isinstance(frames_bgr, np.ndarray) else list(frames_bgr)
+    values = []
+    for frame in frames:
+        _check_frame(frame)
+        work = _Work(frame, config)
+        rbc = _rbc_diameter_px(work)
+        if rbc is not None:
+            values.append(config.rbc_diameter_um * work.scale / rbc)
+    return float(np.median(values)) if values else None
+
+
+def _nucleus_groups(work: _Work, config: LocatorConfig, ppu: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Nuclear blobs linked into nuclei (blob ids per nucleus), with the blob label image and stats.
+
+    Blobs whose boxes lie within `lobe_gap_um` of each other are one nucleus (lobes
+    joined by a thin strand that the threshold cut). Far-apart lobes are joined
+    later, by `_merge_overlapping`.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(work.nucleus, connectivity=8)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    keep = np.nonzero(areas >= config.speck_area_um2 * ppu * ppu)[0]
+    keep = keep[keep > 0]
+    if keep.size == 0:
+        return [], labels, stats
+    x0 = stats[keep, 0].astype(np.float32)
+    y0 = stats[keep, 1].astype(np.float32)
+    x1 = x0 + stats[keep, 2]
+    y1 = y0 + stats[keep, 3]
+    gx = np.maximum(0, np.maximum(x0[:, None], x0[None, :]) - np.minimum(x1[:, None], x1[None, :]))
+    gy = np.maximum(0, np.maximum(y0[:, None], y0[None, :]) - np.minimum(y1[:, None], y1[None, :]))
+    linked = (gx * gx + gy * gy) <= (config.lobe_gap_um * ppu) ** 2
+    # Connected components of the link graph (union-find; a frame has tens of blobs).
+    parent = list(range(keep.size))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(linked, 1))):
+        ri, rj = root(int(i)), root(int(j))
+        if ri != rj:
+            parent[rj] = ri
+    roots = np.array([root(i) for i in range(keep.size)])
+    return [keep[roots == r] for r in np.unique(roots)], labels, stats
+
+
+def _cell_extent(nbox: tuple[int, int, int, int], config: LocatorConfig, ppu: float
+                 ) -> tuple[float, float, float, float]:
+    """Centre and half sides (working px) of the whole cell around a nucleus box.
+
+    Cytoplasm is pale and its edge depends on the stain, so the cell is modelled from
+    the nucleus: the same rule on every microscope and on the training crops.
+    """
+    nx0, ny0, nx1, ny1 = nbox
+    rim = config.cytoplasm_rim_um * ppu
+    return ((nx0 + nx1) / 2.0, (ny0 + ny1) / 2.0,
+            (nx1 - nx0) / 2.0 * config.cell_to_nucleus + rim, (ny1 - ny0) / 2.0 * config.cell_to_nucleus + rim)
+
+
+def _nucleus_box(ids: np.ndarray, stats: np.ndarray) -> tuple[int, int, int, int]:
+    return (int(stats[ids, 0].min()), int(stats[ids, 1].min()),
+            int((stats[ids, 0] + stats[ids, 2]).max()), int((stats[ids, 1] + stats[ids, 3]).max()))
+
+
+def _merge_overlapping(groups: list[np.ndarray], stats: np.ndarray, config: LocatorConfig, ppu: float
+                       ) -> list[np.ndarray]:
+    """Join nuclei whose modelled cells overlap heavily: two lobes of one eosinophil, not two cells.
+
+    Two separate cells can touch but their centres stay about a diameter apart; the
+    halves of one granulocyte whose lobes lie far apart give cells whose centres are
+    much closer than that.
+    """
+    groups = list(groups)
+    while len(groups) > 1:
+        boxes = np.array([_nucleus_box(g, stats) for g in groups], np.float64)
+        ext = np.array([_cell_extent(tuple(b), config, ppu) for b in boxes])
+        dist = np.hypot(ext[:, 0, None] - ext[None, :, 0], ext[:, 1, None] - ext[None, :, 1])
+        half = ext[:, 2:].max(axis=1)
+        close = dist < config.same_cell_overlap * (half[:, None] + half[None, :])
+        union_w = np.maximum(boxes[:, None, 2], boxes[None, :, 2]) - np.minimum(boxes[:, None, 0], boxes[None, :, 0])
+        union_h = np.maximum(boxes[:, None, 3], boxes[None, :, 3]) - np.minimum(boxes[:, None, 1], boxes[None, :, 1])
+        close &= np.maximum(union_w, union_h) <= config.max_cell_um * ppu
+        close &= np.triu(np.ones_like(close), 1)
+        if not close.any():
+            break
+        i, j = np.unravel_index(np.argmin(np.where(close, dist, np.inf)), dist.shape)
+        groups[i] = np.concatenate([groups[i], groups[j]])
+        del groups[j]
+    return groups
+
+
+def locate_cells(frame_bgr: np.ndarray, config: LocatorConfig | None = None,
+                 um_per_px: float | None = None) -> list[CellBox]:
+    """The white cells in a BGR uint8 frame, best score first.
+
+    `um_per_px` (micrometres per frame pixel) sets the size limits when known;
+    otherwise the scale is measured from the red cells in this frame.
+    """
+    _check_frame(frame_bgr)
+    if um_per_px is not None and not (np.isfinite(um_per_px) and um_per_px > 0):
+        raise ValueError(f"um_per_px={um_per_px!r} must be a positive number of micrometres per pixel (or None)")
+    config = config or _DEFAULT
+    h, w = frame_bgr.shape[:2]
+    if um_per_px is not None:        # physical working resolution: the same on every microscope
+        scale = config.work_px_per_um * um_per_px
+    else:
+        scale = config.work_size / max(h, w)
+    work = _Work(frame_bgr, config, scale)
+    if not work.nucleus.any():
+        return []
+    ppu, measured = _px_per_um(work, config, um_per_px)
+    if measured:
+        finer = min(1.0, work.scale * config.work_px_per_um / ppu)
+        if abs(finer / work.scale - 1.0) > _RESCALE_TOLERANCE:
+            ppu *= finer / work.scale
+            work = _Work(frame_bgr, config, finer)
+            if not work.nucleus.any():
+                return []
+    groups, labels, stats = _nucleus_groups(work, config, ppu)
+    # Platelets and specks take no part in merging; far-apart lobes of one cell do.
+    lobes = [ids for ids in groups if stats[ids, cv2.CC_STAT_AREA].max() >= config.min_lobe_area_um2 * ppu * ppu]
+    nuclei = []
+    for ids in _merge_overlapping(lobes, stats, config, ppu):
+        # Size limits: small blobs (platelets, debris) and clumps out.
+        if stats[ids, cv2.CC_STAT_AREA].sum() < config.min_nucleus_area_um2 * ppu * ppu:
+            continue
+        nbox = _nucleus_box(ids, stats)
+        if max(nbox[2] - nbox[0], nbox[3] - nbox[1]) > config.max_cell_um * ppu:
+            continue
+        nuclei.append(ids)
+
+    wh, ww = work.nucleus.shape
+    s = work.scale
+    cells: list[CellBox] = []
+    for ids in nuclei:
+        nbox = _nucleus_box(ids, stats)
+        cx, cy, half_w, half_h = _cell_extent(nbox, config, ppu)
+        if 2 * max(half_w, half_h) < config.min_cell_um * ppu:
+            continue
+        fx0, fy0 = (cx - half_w) / s, (cy - half_h) / s
+        fx1, fy1 = (cx + half_w) / s, (cy + half_h) / s
+        nucleus_cut = nbox[0] <= 0 or nbox[1] <= 0 or nbox[2] >= ww or nbox[3] >= wh
+        touches = nucleus_cut or fx0 < 0 or fy0 < 0 or fx1 > w or fy1 > h
+        x0, y0 = max(0, int(round(fx0))), max(0, int(round(fy0)))
+        x1, y1 = min(w, int(round(fx1))), min(h, int(round(fy1)))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        area = float(stats[ids, cv2.CC_STAT_AREA].sum()) / (ppu * ppu)
+        score = _score(work, labels, ids, nbox, area, config)
+        if score < config.min_score:
+            continue
+        cells.append(CellBox(x0, y0, x1, y1, score, bool(touches)))
+    cells.sort(key=lambda c: -c.score)
+    return cells
+
+
+def _score(work: _Work, labels: np.ndarray, ids: np.ndarray, nbox: tuple[int, int, int, int],
+           area_um2: float, config: LocatorConfig) -> float:
+    """0..1: how far the nucleus is above the size floor and how strongly it is stained."""
+    x0, y0, x1, y1 = nbox
+    inside = np.isin(labels[y0:y1, x0:x1], ids)
+    stain = float(work.blue_red[y0:y1, x0:x1][inside].mean()) - work.level
+    size_term = np.clip((area_um2 - config.min_nucleus_area_um2) / config.min_nucleus_area_um2, 0.0, 1.0)
+    stain_term = np.clip((stain - config.nucleus_contrast) / config.nucleus_contrast, 0.0, 1.0)
+    return float(round(0.5 + 0.25 * size_term + 0.25 * stain_term, 4))
+
+
+def measure_cell_fraction(crop_bgr: np.ndarray, config: LocatorConfig | None = None,
+                          um_per_px: float | None = None) -> float | None:
+    """White-cell diameter / crop side for a single-cell crop (the cell roughly centred).
+
+    The diameter is `CellBox.diameter` from `locate_cells`, the same rule that sizes
+    cells in full frames, so a runner that crops frames at side = diameter / fraction
+    shows the model cells at the apparent size it was trained on. The side is the
+    crop's shorter one (what `preprocess.center_square` keeps). None when no white
+    cell is found near the centre.
+    """
+    _check_frame(crop_bgr)
+    h, w = crop_bgr.shape[:2]
+    cells = locate_cells(crop_bgr, config, um_per_px)
+    if not cells:
+        return None
+    cx, cy = w / 2.0, h / 2.0
+    side = float(min(h, w))
+    cell = min(cells, key=lambda c: np.hypot(c.center[0] - cx, c.center[1] - cy))
+    if abs(cell.center[0] - cx) > side / 4 or abs(cell.center[1] - cy) > side / 4:
+        return None
+    return cell.diameter / side
