@@ -20,7 +20,7 @@ import numpy as np
 
 from wbcedge.bundle import Bundle
 from wbcedge.capture import CameraLostError, FrameSource, focus_score
-from wbcedge.locate import CellBox, LocatorConfig, locate_cells
+from wbcedge.locate import CellBox, LocatorConfig, estimate_um_per_px, locate_cells
 from wbcedge.preprocess import crop_around_cell, to_model_input
 from wbcedge.runtime import Classifier
 
@@ -77,9 +77,13 @@ class CellPipeline:
 
     def analyse(self, image: np.ndarray) -> list[Cell]:
         t0 = time.perf_counter()
+        if self.um_per_px is None:
+            # The magnification does not change during a run: measure it once, from the
+            # red cells of the first frame that shows enough of them, and keep it.
+            self.um_per_px = estimate_um_per_px([image], self.locator)
         boxes = locate_cells(image, self.locator, um_per_px=self.um_per_px)
         t1 = time.perf_counter()
-        crops = [crop_around_cell(image, b.box, self.spec) for b in boxes]
+        crops = [crop_around_cell(image, b.box, self.spec, self.um_per_px) for b in boxes]
         inputs = np.stack([to_model_input(c, self.spec) for c in crops]) if crops else None
         t2 = time.perf_counter()
         probs = self.classifier.predict(inputs) if inputs is not None else np.zeros((0, len(self.classes)))
@@ -126,7 +130,7 @@ def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, 
                 blur_threshold: float | None = None, count_edge_cells: bool | None = None,
                 stop: StopFlag | None = None, on_frame: Callable[[object, list, list], None] | None = None) -> SessionResult:
     """Capture until the source ends, the count is reached, or a stop; every counted cell is recorded as it goes."""
-    stop = stop or StopFlag()
+    stop = StopFlag() if stop is None else stop
     timer = pipeline.timer
     labels: list[str] = []
     seen = blurred_frames = 0

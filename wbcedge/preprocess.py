@@ -33,7 +33,12 @@ class PreprocessSpec:
     # Apparent cell size matters more than colour across microscopes (stack notes):
     # the training crops show the white cell at this fraction of the crop side, and
     # the runner crops full frames around each located cell to match it.
-    cell_fraction: float = 0.5
+    cell_fraction: float = 0.44
+    # Side of the training crops in micrometres (PBC: 360 px at 0.0934 um/px = 33.6 um).
+    # When the frame's scale is known, the runner crops this physical size, so a cell's
+    # size, itself a clue to its type, looks as it did in training; else it falls back
+    # to `cell_fraction`, which makes every cell look the same size.
+    crop_um: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,16 +89,21 @@ def to_model_input(crop_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(resized)
 
 
-def crop_around_cell(frame_bgr: np.ndarray, box: tuple[int, int, int, int], spec: PreprocessSpec) -> np.ndarray:
-    """A square crop centred on a located cell, sized so the cell fills `spec.cell_fraction` of it.
+def crop_around_cell(frame_bgr: np.ndarray, box: tuple[int, int, int, int], spec: PreprocessSpec,
+                     um_per_px: float | None = None) -> np.ndarray:
+    """A square crop centred on a located cell, sized like the training crops.
 
+    With the frame's scale (`um_per_px`) and `spec.crop_um`, the crop is that many
+    micrometres wide; otherwise the cell fills `spec.cell_fraction` of its side.
     `box` is (x0, y0, x1, y1) in frame pixels. Parts outside the frame are filled by
     replicating the border, so a cell near the edge keeps its apparent size.
     """
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    diameter = max(x1 - x0, y1 - y0)
-    side = max(8, int(round(diameter / spec.cell_fraction)))
+    if um_per_px and spec.crop_um:
+        side = max(8, int(round(spec.crop_um / um_per_px)))
+    else:
+        side = max(8, int(round(max(x1 - x0, y1 - y0) / spec.cell_fraction)))
     left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
     h, w = frame_bgr.shape[:2]
     pad = max(0, -left, -top, left + side - w, top + side - h)

@@ -54,7 +54,8 @@ class TrainConfig:
     mixed_precision: str = "auto"   # auto = on when a GPU is visible
     jit_compile: str = "auto"       # XLA; auto = on when a GPU is visible
     max_train_images: int = 0       # 0 = all (small values are for tests)
-    cell_fraction: float = 0.5      # apparent cell size in the training crops, stored in the spec
+    cell_fraction: float = 0.44     # located cell diameter / crop side in the training crops (PBC median)
+    crop_um: float | None = None    # training crop side in micrometres, if the data's scale is known
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
@@ -137,7 +138,7 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
         keras.mixed_precision.set_global_policy("mixed_float16")
     jit = (cfg.jit_compile == "auto" and bool(gpus)) or cfg.jit_compile == "on"
 
-    spec = PreprocessSpec(input_size=cfg.input_size, cell_fraction=cfg.cell_fraction)
+    spec = PreprocessSpec(input_size=cfg.input_size, cell_fraction=cfg.cell_fraction, crop_um=cfg.crop_um)
     records = read_manifest(Path(cfg.manifest))
     train_recs = [r for r in records if r.split == "train"]
     val_recs = [r for r in records if r.split == "val"]

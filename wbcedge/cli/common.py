@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 console = Console(stderr=False)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors keep paths on one line
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

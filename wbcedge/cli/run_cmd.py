@@ -60,13 +60,13 @@ def run_cmd(
     try:
         pipeline = CellPipeline(b, backend, precision, threads, threshold=threshold,
                                 um_per_px=cam_profile.um_per_px if cam_profile else None)
-        recorder = Recorder(out)
-    except (BundleError, OutputError, FileNotFoundError, ValueError) as e:
+        src = open_source(src_arg, camera, cam_profile, on_problem=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
+    except (BundleError, SourceError, CameraLostError, FileNotFoundError, ValueError) as e:
         fail(str(e))
     try:
-        src = open_source(src_arg, camera, cam_profile, on_problem=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
-    except (SourceError, CameraLostError) as e:
-        recorder.close(finished=False)
+        recorder = Recorder(out)
+    except OutputError as e:
+        src.close()
         fail(str(e))
     meta = {"source": src.label if hasattr(src, "label") else src_arg, "builtin_samples": builtin,
             "bundle": str(b.path), "model_file": pipeline.model_entry["file"], "threshold": pipeline.threshold,
@@ -98,7 +98,7 @@ def run_cmd(
     else:
         labels, stop_reason, error = result.labels, result.stop_reason, result.error
     diff = differential(labels, b.classes, reference=ref)
-    meta.update(stop_reason=stop_reason, error=error, frames=result.frames_seen if result else None,
+    meta.update(stop_reason=stop_reason, error=error, um_per_px=pipeline.um_per_px, frames=result.frames_seen if result else None,
                 blurred_frames=result.frames_blurred if result else None, timing=result.timing if result else None)
     recorder.set_meta("stop_reason", stop_reason)
     recorder.close(finished=error is None)
