@@ -94,3 +94,95 @@ def predict_records(predictor, records: list[Record]) -> tuple[np.ndarray, np.nd
 
 def single_image_predict(path: Path, predictor) -> np.ndarray:
     return predictor.predict(to_model_input(read_image(path), predictor.spec)[None])[0]
+
+
+# ---------------------------------------------------------------- another microscope: labelled frames
+
+def read_frame_types(types_csv: Path) -> dict[str, str]:
+    """Frame file name -> its one white-cell type, for frames whose types (';'-joined) name one class only."""
+    import csv
+
+    from wbcedge.labels import normalize_class
+
+    out = {}
+    with open(types_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            types = {normalize_class(t) for t in (row.get("wbc_types") or "").split(";") if t.strip()}
+            if len(types) == 1:
+                out[row["image"]] = types.pop()
+    return out
+
+
+def evaluate_box_crops(predictor, frames_dir: Path, annotations_dir: Path, types_csv: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Classify the annotated WBC boxes of single-type frames (the cell is given, only the classifier is tested).
+
+    Frames with exactly one WBC box are used, so the frame's type is that box's type.
+    Crops are cut as the runner cuts them: around the box, at the training crops'
+    physical size when the scale can be measured from the red cells.
+    """
+    from wbcedge.locate import estimate_um_per_px
+    from wbcedge.locate_eval import read_voc_boxes
+    from wbcedge.preprocess import crop_around_cell
+
+    types = read_frame_types(types_csv)
+    inputs, labels, names = [], [], []
+    for name, label in sorted(types.items()):
+        image_path, xml = Path(frames_dir) / name, Path(annotations_dir) / (Path(name).stem + ".xml")
+        if not image_path.is_file() or not xml.is_file():
+            continue
+        boxes = read_voc_boxes(xml)
+        if len(boxes) != 1:
+            continue
+        image = read_image(image_path)
+        scale = estimate_um_per_px([image])
+        inputs.append(to_model_input(crop_around_cell(image, boxes[0], predictor.spec, scale), predictor.spec))
+        labels.append(label)
+        names.append(name)
+    x = np.stack(inputs) if inputs else np.zeros((0, predictor.spec.input_size, predictor.spec.input_size, 3), np.uint8)
+    return class_indices(labels), predictor.predict_many(x), names
+
+
+def evaluate_frame_types(bundle_path: Path | None, frames_dir: Path, types_csv: Path, **pipeline_options) -> dict:
+    """End to end on labelled frames: locate, classify, and call each frame's type by its cells' majority.
+
+    A frame where no cell is found, or only unidentified ones, counts as wrong (and is
+    counted separately), so the figure is the one a user of the runner would get.
+    """
+    from collections import Counter
+
+    from wbcedge.bundle import load_bundle
+    from wbcedge.metrics import proportion_ci
+    from wbcedge.pipeline import UNIDENTIFIED, CellPipeline
+
+    bundle = load_bundle(bundle_path)
+    pipeline = CellPipeline(bundle, **pipeline_options)
+    types = read_frame_types(types_csv)
+    rows, confusion = [], Counter()
+    for name, truth in sorted(types.items()):
+        path = Path(frames_dir) / name
+        if not path.is_file():
+            continue
+        pipeline.um_per_px = None  # independent stills: measure each frame's scale
+        cells = [c for c in pipeline.analyse(read_image(path)) if c.label != UNIDENTIFIED]
+        if cells:
+            votes = Counter(c.label for c in cells)
+            best = max(votes.values())
+            predicted = max((c for c in cells if votes[c.label] == best), key=lambda c: c.confidence).label
+        else:
+            predicted = "none"
+        rows.append((name, truth, predicted))
+        confusion[(truth, predicted)] += 1
+    n = len(rows)
+    correct = sum(t == p for _, t, p in rows)
+    per_class = {}
+    for c in bundle.classes:
+        support = sum(1 for _, t, _ in rows if t == c)
+        hits = sum(1 for _, t, p in rows if t == c and p == c)
+        per_class[c] = {"support": support, "recall": hits / support if support else None,
+                        "recall_ci95": list(proportion_ci(hits, support)) if support else None}
+    return {"frames": n, "accuracy": correct / n if n else None,
+            "accuracy_ci95": list(proportion_ci(correct, n)) if n else None,
+            "no_cell_frames": sum(1 for _, _, p in rows if p == "none"),
+            "per_class": per_class,
+            "confusion": {f"{t}->{p}": k for (t, p), k in sorted(confusion.items())},
+            "model_file": pipeline.model_entry["file"]}

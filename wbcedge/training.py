@@ -109,6 +109,13 @@ def _augment_fn(tf, cfg: dict, seed: int):
         if cfg.get("contrast"):
             c = cfg["contrast"]
             x = tf.image.random_contrast(x, 1 - c, 1 + c)
+        if cfg.get("channel_gain"):
+            # per-image gains on R, G, B: another camera's white balance and another stain's tint
+            g = cfg["channel_gain"]
+            x = x * tf.random.uniform([tf.shape(x)[0], 1, 1, 3], 1 - g, 1 + g)
+        if cfg.get("gray"):
+            gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
+            x = tf.cond(tf.random.uniform([]) < cfg["gray"], lambda: gray, lambda: x)
         if cfg.get("blur"):
             # a 3x3 box blur on a random share of batches: out-of-focus frames on the device
             blurred = tf.nn.avg_pool2d(x, 3, 1, "SAME")

@@ -24,7 +24,7 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a model on held-out crops (or the cell locator on annotated frames)."""
     if frames is not None:
-        return _evaluate_frames(frames, json_path)
+        return _evaluate_frames(frames, model, json_path)
     if model is None or data is None:
         fail("give MODEL and --data (a manifest or a class-folder tree), or --frames DIR for the locator")
     from wbcedge import metrics
@@ -61,7 +61,7 @@ def evaluate_cmd(
     write_json(json_path, results)
 
 
-def _evaluate_frames(frames: Path, json_path: Path | None) -> None:
+def _evaluate_frames(frames: Path, model: Path | None, json_path: Path | None) -> None:
     from rich.table import Table
 
     from wbcedge.locate_eval import evaluate_localization
@@ -78,4 +78,36 @@ def _evaluate_frames(frames: Path, json_path: Path | None) -> None:
     table.add_row(str(res["n_frames"]), str(res["n_gt"]), str(res["true_positives"]), f"{100 * res['recall']:.1f}%",
                   f"{100 * res['precision']:.1f}%", f"{100 * res['extra_box_rate']:.1f}%", f"{res['ms_per_frame']:.1f}")
     console.print(table)
-    write_json(json_path, res)
+    out = {"localization": res}
+    types_csv = frames / "wbc_types.csv"
+    if types_csv.is_file() and (model is None or not (model / "model.keras").is_file()):
+        out.update(_frame_types(model, images, annotations, types_csv))
+    write_json(json_path, out)
+
+
+def _frame_types(bundle: Path | None, images: Path, annotations: Path, types_csv: Path) -> dict:
+    """Another microscope: classify the annotated boxes, then the whole pipeline per frame."""
+    from rich.table import Table
+
+    from wbcedge import metrics
+    from wbcedge.evaluate import evaluate_box_crops, evaluate_frame_types, open_model
+
+    from wbcedge.bundle import DEFAULT_BUNDLE
+
+    predictor = open_model(bundle or DEFAULT_BUNDLE)
+    y, probs, names = evaluate_box_crops(predictor, images, annotations, types_csv)
+    boxes = metrics.classification_results(y, probs, predictor.classes)
+    console.print(metrics.format_table(boxes, title=f"Classifier on the annotated WBC boxes ({len(names)} single-cell frames)"))
+    frames = evaluate_frame_types(bundle, images, types_csv)
+    table = Table(title=f"End to end: frame type by the majority of located cells ({frames['frames']} single-type frames)")
+    for col in ("class", "frames", "recall [95% CI]"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c, v in frames["per_class"].items():
+        ci = v["recall_ci95"]
+        table.add_row(c, str(v["support"]), "-" if v["recall"] is None else
+                      f"{100 * v['recall']:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
+    lo, hi = frames["accuracy_ci95"]
+    table.add_row("all", str(frames["frames"]), f"{100 * frames['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+    console.print(table)
+    console.print(f"{frames['no_cell_frames']} frames had no identified cell (counted as wrong)")
+    return {"box_crops": boxes, "frame_types": frames}
