@@ -13,6 +13,7 @@ its range.
 Run from the repository root (figures and the command used: docs/bench.md):
 
     nice -n 5 python benchmarks/zoo_bench.py --json zoo_bench.json --doc docs/bench.md
+    nice -n 5 python benchmarks/zoo_bench.py --bundle wbcedge/default_bundle   # a bundle's own files
 
 Converting the three large backbones to int8 takes minutes each on 2 cores.
 """
@@ -46,7 +47,9 @@ def calibration_images(size: int, n: int) -> np.ndarray:
 
     spec = PreprocessSpec(input_size=size)
     base = [to_model_input(read_image(p), spec) for p in sample_crop_paths()]
-    images = list(base) + [np.ascontiguousarray(b[:, ::-1]) for b in base] + [np.ascontiguousarray(np.rot90(b)) for b in base]
+    flips = [np.ascontiguousarray(b[:, ::-1]) for b in base]
+    turns = [np.ascontiguousarray(np.rot90(b)) for b in base]
+    images = list(base) + flips + turns
     return np.stack(images[:n])
 
 
@@ -77,6 +80,21 @@ def convert_all(models: list[str], size: int, calib: int, work: Path, log) -> li
         del model
         keras.backend.clear_session()
     return out
+
+
+def bundle_entries(path: Path) -> list[dict]:
+    """A bundle's fp32 and int8 TFLite files as one entry (no building, no converting)."""
+    from wbcedge.bundle import load_bundle
+
+    b = load_bundle(path)
+    entry = {"model": f"bundle {b.path.name} ({b.manifest.get('source_run') or 'no source run'})",
+             "input_size": b.spec.input_size, "params": None, "calibration": None}
+    for precision in ("fp32", "int8"):
+        m = b.model_entry("tflite", precision)
+        entry[f"{precision}_file"] = str(b.path / m["file"])
+        entry[f"{precision}_bytes"] = (b.path / m["file"]).stat().st_size
+        entry[f"{precision}_convert_s"] = None
+    return [entry]
 
 
 def time_all(entries: list[dict], threads: int, rounds: int, runs: int, warmup: int) -> list[dict]:
@@ -123,9 +141,11 @@ def markdown(result: dict) -> str:
              "",
              f"Batch 1, {a['threads']} threads, XNNPACK on; {a['rounds']} alternating rounds of {a['runs']} calls per "
              f"precision after {a['warmup']} warm-up calls (fp32 first in even rounds, int8 first in odd ones); "
-             "random weights; int8 = full integer (uint8 in and out), calibrated on "
-             f"{a['calib']} preprocessed sample crops; mobilenet_v2 at width 1.0 (the paper's; the default edge "
-             "model is width 0.35). Speed-up = fp32 p50 / int8 p50; the range is the per-round ratio's min-max.",
+             + (f"the bundle's own files ({a['bundle']}). " if a.get("bundle") else
+                "random weights; int8 = full integer (uint8 in and out), calibrated on "
+                f"{a['calib']} preprocessed sample crops; mobilenet_v2 at width 1.0 (the paper's; the default edge "
+                "model is width 0.35). ")
+             + "Speed-up = fp32 p50 / int8 p50; the range is the per-round ratio's min-max.",
              "",
              "| model | input | params | fp32 MB | int8 MB | fp32 p50 ms | int8 p50 ms | fp32 p90 / int8 p90 ms | "
              "speed-up | per-round range | target | int8 convert s |",
@@ -134,14 +154,21 @@ def markdown(result: dict) -> str:
         need = 1.5 if e["model"] in TARGET_1_5X else 1.0
         met = e["speedup"] >= need if need > 1 else e["speedup"] > 1.0
         target = f"{'>=' if need > 1 else '>'} {need:g}x: {'met' if met else '**missed**'}"
+        if e["model"] not in MODELS:
+            target = "none set"  # a bundle's files
         lines.append(
-            f"| {e['model']} | {e['input_size']} | {e['params'] / 1e6:.1f} M | {e['fp32_bytes'] / 1e6:.1f} | "
+            f"| {e['model']} | {e['input_size']} | {_opt(e['params'], 1e-6, '.1f', ' M')} | "
+            f"{e['fp32_bytes'] / 1e6:.1f} | "
             f"{e['int8_bytes'] / 1e6:.1f} | {e['fp32']['p50_ms']:.2f} | {e['int8']['p50_ms']:.2f} | "
             f"{e['fp32']['p90_ms']:.2f} / {e['int8']['p90_ms']:.2f} | **{e['speedup']:.2f}x** | "
             f"{e['speedup_rounds']['min']:.2f}-{e['speedup_rounds']['max']:.2f}x | {target} | "
-            f"{e['int8_convert_s']:.0f} |")
+            f"{_opt(e['int8_convert_s'], 1, '.0f')} |")
     lines.append(END)
     return "\n".join(lines)
+
+
+def _opt(value, scale: float, fmt: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value * scale, fmt) + suffix
 
 
 def write_doc(doc: Path, block: str) -> None:
@@ -165,6 +192,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="keep the .tflite files here (default: a temp folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--doc", type=Path, default=None, help="write the Markdown table into this file")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="time this bundle's fp32 and int8 TFLite files the same way instead of building models")
     parser.add_argument("--time-only", type=Path, default=None, help=argparse.SUPPRESS)  # the timing child
     args = parser.parse_args()
 
@@ -193,7 +222,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/zoo_bench.py " + " ".join(sys.argv[1:])
     started = time.perf_counter()
-    entries = convert_all(models, args.size, args.calib, work, log)
+    entries = bundle_entries(args.bundle) if args.bundle else convert_all(models, args.size, args.calib, work, log)
     job_path = work / "timing.json"
     job_path.write_text(json.dumps({"models": entries}))
     log("timing (fresh process, no TensorFlow) ...")

@@ -163,7 +163,7 @@ def test_bench_compare_prints_new_over_old_and_a_broken_floor_exits_1(tiny, firs
     for key in ("load_ms", "first_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s", "rss_peak_mb",
                 "size_bytes", "spread_pct"):
         assert row[key] is not None and row[key] >= 0, key
-    assert row["timed_calls"] == 40 and len(row["p50_blocks_ms"]) == 2
+    assert row["timed_calls"] == 40 and len(row["p50_blocks_ms"]) == 2 and len(row["load_ms_rounds"]) == 2
     assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
     assert row["xnnpack"]["on"] is True
     assert new["machine"]["cpu"] and new["machine"]["python"]

@@ -5,9 +5,11 @@
 
 For every backend x precision x thread count a fresh worker process
 (`wbcedge.bench_worker`) loads the model cold and times it on real preprocessed
-crops at batch 1: load, first inference, p50/p90/p99 over `repeats` blocks of
-`runs` calls after `warmup`, throughput, peak RSS; with labelled data, accuracy
-with its exact 95 % interval. The full pipeline (decode, focus, locate,
+crops at batch 1: load, first inference, `runs` calls after `warmup`. This is
+done in `repeats` rounds (every configuration once per round, alternating the
+order), so machine noise hits all rows alike; p50/p90/p99 and throughput pool
+the rounds, their p50 spread is the benchmark's own noise, RSS is the peak;
+with labelled data, accuracy with its exact 95 % interval. The full pipeline (decode, focus, locate,
 preprocess, infer, bookkeeping) runs over frames in another worker, and its
 per-stage times are checked against the wall clock. The Keras baseline (the
 same model through `model.predict`, one image at a time) runs in its own worker
@@ -60,7 +62,7 @@ class BenchOptions:
     threads: tuple[int, ...] | None = None       # None: default_threads()
     runs: int = 100                              # timed calls per block
     warmup: int = 10                             # untimed calls before the first block
-    repeats: int = 3                             # blocks; their p50 spread is the benchmark's own noise
+    repeats: int = 3                             # rounds (a fresh process each); their p50 spread = noise
     data: Path | None = None                     # labelled crops (class folders or a manifest) for accuracy
     frames: Path | None = None                   # None: the built-in sample frames
     pipeline: bool = True
@@ -233,17 +235,25 @@ def run_worker(job: dict, tmp: Path, timeout: float = WORKER_TIMEOUT_S) -> dict:
     return result
 
 
-def _model_row(entry: dict, bundle: Bundle, threads: int, res: dict) -> dict:
+def _model_row(entry: dict, bundle: Bundle, threads: int, rounds: list[dict]) -> dict:
+    """One row from the worker results of its rounds (one fresh process per round)."""
     size = (bundle.path / entry["file"]).stat().st_size
+
+    def median(key):
+        return float(np.median([r[key] for r in rounds]))
+
+    first = rounds[0]
     row = {"backend": entry["backend"], "precision": entry["precision"], "threads": threads,
            "file": entry["file"], "size_bytes": size, "size_mb": size / 1e6,
-           "import_ms": res["import_ms"], "load_ms": res["load_ms"], "first_ms": res["first_ms"],
-           **latency_stats(res["blocks_ms"]),
-           "rss_peak_mb": res["rss_peak_mb"], "rss_base_mb": res["rss_base_mb"],
-           "runtime": res["runtime"], "tensorflow_imported": res["tensorflow_imported"],
+           "import_ms": median("import_ms"), "load_ms": median("load_ms"), "first_ms": median("first_ms"),
+           **latency_stats([b for r in rounds for b in r["blocks_ms"]]),
+           "rss_peak_mb": max((r["rss_peak_mb"] for r in rounds if r["rss_peak_mb"] is not None), default=None),
+           "rss_base_mb": first["rss_base_mb"],
+           "load_ms_rounds": [r["load_ms"] for r in rounds], "first_ms_rounds": [r["first_ms"] for r in rounds],
+           "runtime": first["runtime"], "tensorflow_imported": any(r["tensorflow_imported"] for r in rounds),
            "accuracy": None, "accuracy_ci95": None, "accuracy_source": None, "speedup": None}
-    if "xnnpack" in res:
-        row["xnnpack"] = res["xnnpack"]
+    if "xnnpack" in first:
+        row["xnnpack"] = first["xnnpack"]
     if entry.get("accuracy") is not None:
         row["export_accuracy"] = entry["accuracy"]
     return row
@@ -304,25 +314,36 @@ def run_bench(bundle: Bundle, opts: BenchOptions, progress: Callable[[str], None
             np.save(data_npy, load_inputs([r.path for r in records], bundle.spec))
             result["options"]["data"] = what
 
+        # Rounds: every configuration once per round, each in a fresh process, in alternating order, so that
+        # other jobs on the machine hit every row alike and the spread across rounds shows the drift too.
+        configs = [(e, t) for e in entries for t in threads]
+        rounds: dict[int, list[dict]] = {i: [] for i in range(len(configs))}
         predictions: dict[str, list[int]] = {}
-        for entry in entries:
-            for t in threads:
+        for r in range(opts.repeats):
+            order = list(range(len(configs)))
+            for i in (order if r % 2 == 0 else order[::-1]):
+                entry, t = configs[i]
+                want_accuracy = data_npy is not None and entry["file"] not in predictions
                 job = {"kind": "model", "model": str(bundle.path / entry["file"]), "threads": t,
-                       "runs": opts.runs, "warmup": opts.warmup, "repeats": opts.repeats,
-                       "inputs_npy": str(inputs_npy),
-                       # accuracy does not depend on the thread count: measured once per file
-                       "data_npy": str(data_npy) if data_npy is not None and entry["file"] not in predictions else None}
+                       "runs": opts.runs, "warmup": opts.warmup, "repeats": 1, "inputs_npy": str(inputs_npy),
+                       # accuracy does not depend on the thread count or the round: measured once per file
+                       "data_npy": str(data_npy) if want_accuracy else None}
                 res = run_worker(job, tmp)
-                row = _model_row(entry, bundle, t, res)
                 if "predictions" in res:
                     predictions[entry["file"]] = res["predictions"]
-                if entry["file"] in predictions:
-                    row.update(accuracy_with_ci(y_true, predictions[entry["file"]]), accuracy_source="--data")
-                elif row.get("export_accuracy") is not None:
-                    row.update(accuracy=row["export_accuracy"], accuracy_source="export report")
-                result["rows"].append(row)
-                progress(f"{row['backend']} {row['precision']} {t} thread{'s' * (t > 1)}: "
-                         f"p50 {row['p50_ms']:.2f} ms, load {row['load_ms']:.0f} ms, RSS {row['rss_peak_mb'] or 0:.0f} MB")
+                rounds[i].append(res)
+            progress(f"round {r + 1} of {opts.repeats}: {len(configs)} configuration{'s' * (len(configs) > 1)} "
+                     "timed, each in a fresh process")
+        for i, (entry, t) in enumerate(configs):
+            row = _model_row(entry, bundle, t, rounds[i])
+            if entry["file"] in predictions:
+                row.update(accuracy_with_ci(y_true, predictions[entry["file"]]), accuracy_source="--data")
+            elif row.get("export_accuracy") is not None:
+                row.update(accuracy=row["export_accuracy"], accuracy_source="export report")
+            result["rows"].append(row)
+            progress(f"{row['backend']} {row['precision']} {t} thread{'s' * (t > 1)}: p50 {row['p50_ms']:.2f} ms "
+                     f"(spread {row['spread_pct']:.0f}%), load {row['load_ms']:.0f} ms, "
+                     f"RSS {row['rss_peak_mb'] or 0:.0f} MB")
 
         if keras_run is not None:
             progress(f"Keras baseline: {keras_run} (model.predict, one image at a time)")
@@ -544,7 +565,7 @@ def compare(new: dict, old: dict) -> dict:
         pipe = {"fps": ratio(n["fps"], o["fps"]),
                 "stage_ms_per_frame": {s: ratio(v, o["stage_ms_per_frame"].get(s))
                                        for s, v in n["stage_ms_per_frame"].items()},
-                "same_setup": (n["file"], n["threads"], n["frames_source"]) == (o["file"], o["threads"], o["frames_source"])}
+                "same_setup": all(n[k] == o[k] for k in ("file", "threads", "frames_source"))}
     notes = []
     if new["machine"].get("cpu") != old["machine"].get("cpu"):
         notes.append(f"different machines: {old['machine'].get('cpu')} (old) vs {new['machine'].get('cpu')} (new)")
@@ -599,10 +620,10 @@ def _all_rows(result: dict) -> list[dict]:
 def footnotes(result: dict) -> list[str]:
     o = result["options"]
     out = [f"machine: {machine_line_of(result)}",
-           f"times in ms at batch 1 on real preprocessed crops: {o['repeats']} blocks of {o['runs']} timed calls "
-           f"after {o['warmup']} warm-up calls; img/s = 1000 / mean ms; spread = (max - min) / median of the "
-           "blocks' p50 (the benchmark's own noise); load, first call and peak RSS (MB) from a fresh process per "
-           f"row; MB = file size; XNNPACK: {result.get('xnnpack', '?')}"]
+           f"times in ms at batch 1 on real preprocessed crops: {o['repeats']} rounds, each running every row in a "
+           f"fresh process ({o['warmup']} warm-up calls, then {o['runs']} timed calls); load and first call = median "
+           "over the rounds, RSS = peak (MB); img/s = 1000 / mean ms; spread = (max - min) / median of the rounds' "
+           f"p50 (the benchmark's own noise); MB = file size; XNNPACK: {result.get('xnnpack', '?')}"]
     if any(r.get("accuracy_source") == "export report" for r in result["rows"]):
         out.append("* accuracy from the bundle's export report (its test split); give --data to measure it here")
     if any(r.get("accuracy_source") == "--data" for r in result["rows"]):
@@ -669,8 +690,7 @@ def pipeline_table(result: dict):
 
 
 def compare_table(cmp: dict):
-    table = _table(f"new / old (old: {cmp['old_created']}); times, RSS, size: below 1 is better; "
-                   "img/s: above 1 is better",
+    table = _table(f"new / old (old: {cmp['old_created']}): below 1 is better, except img/s",
                    ("model", "threads", "p50", "p90", "p99", "img/s", "load", "first", "RSS", "size"))
     for r in cmp["rows"]:
         cells = []

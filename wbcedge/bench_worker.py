@@ -154,7 +154,8 @@ def run_keras(job: dict) -> dict:
     out["on_batch_blocks_ms"] = time_blocks(on_batch, batches, job["runs"], job["warmup"], job["repeats"])
     if job.get("data_npy"):
         x = np.load(job["data_npy"])
-        out["predictions"] = np.concatenate([predictor.predict(x[i:i + 64]) for i in range(0, len(x), 64)]).argmax(1).tolist()
+        probs = np.concatenate([predictor.predict(x[i:i + 64]) for i in range(0, len(x), 64)])
+        out["predictions"] = probs.argmax(1).tolist()
     return out
 
 

@@ -42,15 +42,16 @@ def _csv(value: str | None, what: str, allowed: tuple[str, ...] | None = None) -
 
 @app.command("bench")
 def bench_cmd(
-    bundle: Path = typer.Argument(None, help="Bundle folder or archive (default: the built-in one).", show_default=False),
+    bundle: Path = typer.Argument(None, help="Bundle folder or archive (default: the built-in one).",
+                                  show_default=False),
     backends: str = typer.Option(None, "--backends", help="Comma-separated: tflite,onnx (default: all in the bundle)."),
     precision: str = typer.Option(None, "--precision", help="Comma-separated: int8,fp32 (default: all in the bundle)."),
     threads: str = typer.Option(None, "--threads", help="Comma-separated thread counts, e.g. 1,2,4 "
                                                         "(default: 1 and min(4, cores))."),
-    runs: int = typer.Option(100, "--runs", help="Timed inferences per block (batch 1)."),
+    runs: int = typer.Option(100, "--runs", help="Timed inferences per configuration per round (batch 1)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed inferences before timing."),
-    repeats: int = typer.Option(3, "--repeats", help="Timing blocks per configuration; the spread of their p50 "
-                                                     "is the benchmark's own noise."),
+    repeats: int = typer.Option(3, "--repeats", help="Rounds: each runs every configuration once, in a fresh "
+                                                     "process; the spread of their p50 is the benchmark's own noise."),
     data: Path = typer.Option(None, "--data", help="Labelled crops for accuracy with a 95% interval: a folder of "
                                                    "class folders, or a manifest (its test split)."),
     frames: Path = typer.Option(None, "--frames", help="Folder of microscope frames for the pipeline "
@@ -64,8 +65,8 @@ def bench_cmd(
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Measure the Keras baseline when possible."),
     compare_to: Path = typer.Option(None, "--compare", help="An earlier bench JSON: print new/old per matching row."),
     floors: list[str] = typer.Option(None, "--floor", help=escape(FLOOR_HELP)),
-    out: Path = typer.Option(None, "--out", "-o", help="Where to keep the result JSON (default: bench-<date>-<time>.json "
-                                                       "in the current folder)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Where to keep the result JSON "
+                                                       "(default: bench-<date>-<time>.json in the current folder)."),
     markdown: Path = typer.Option(None, "--markdown", help="Also write the tables as Markdown (for docs/bench.md)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
@@ -93,8 +94,8 @@ def bench_cmd(
     except BundleError as e:
         fail(str(e))
     if not b.deployable:
-        err_console.print(f"[yellow]warning:[/] {escape(str(b.path))} is not deployable (its export failed the accuracy gate); "
-                          "benchmarking it anyway", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(str(b.path))} is not deployable (its export failed the "
+                          "accuracy gate); benchmarking it anyway", highlight=False)
     opts = BenchOptions(backends=_csv(backends, "backends", ("tflite", "onnx")),
                         precisions=_csv(precision, "precision", ("int8", "fp16", "fp32")),
                         threads=thread_list, runs=runs, warmup=warmup, repeats=repeats, data=data, frames=frames,
