@@ -85,11 +85,10 @@ def _batches(inputs_npy: str) -> list[np.ndarray]:
 
 def _xnnpack(clf) -> dict | None:
     """Whether ai-edge-litert applied a delegate (XNNPACK is its only default CPU delegate)."""
-    interp = getattr(clf, "_interp", None)
-    if interp is None:
+    if getattr(clf, "backend", None) != "tflite":
         return None
     try:
-        names = [op["op_name"] for op in interp._get_ops_details()]
+        names = clf.tflite_op_names()
     except Exception as exc:  # a private API: if it moves, say so rather than fail
         return {"on": None, "note": f"could not inspect the interpreter ({exc})"}
     delegated = sum(1 for n in names if n == "DELEGATE")
