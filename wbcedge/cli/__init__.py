@@ -39,7 +39,7 @@ def _root(
 
 
 # Registration order is the order `--help` lists the workflow in.
-from wbcedge.cli import data_cmd  # noqa: E402,F401
+from wbcedge.cli import data_cmd, train_cmd, evaluate_cmd, export_cmd, run_cmd, bench_cmd, bundle_cmd  # noqa: E402,F401
 
 
 def main() -> None:
