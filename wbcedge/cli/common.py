@@ -10,7 +10,8 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
-console = Console(stderr=False)
+# Piped or logged output gets 120 columns rather than rich's 80, so tables stay one row per line.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, soft_wrap=True)  # errors keep paths on one line
 
 
