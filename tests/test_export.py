@@ -117,3 +117,13 @@ def test_archive_round_trip_and_unsafe_archives_are_refused(good_bundle, tmp_pat
     with pytest.raises(BundleError, match="outside"):
         unpack(evil, tmp_path / "dest")
     assert not (tmp_path / "outside.txt").exists()
+
+
+def test_export_configs_load_and_default_toml_matches_the_defaults(repo_root, tmp_path):
+    assert ExportOptions.load(repo_root / "export" / "default.toml") == ExportOptions()
+    strict = ExportOptions.load(repo_root / "export" / "strict-clinical.toml")
+    assert strict.max_drop < ExportOptions().max_drop and strict.formats == ("tflite",)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_dorp = 1.0\n")
+    with pytest.raises(ValueError, match="max_dorp"):
+        ExportOptions.load(bad)

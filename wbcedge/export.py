@@ -43,6 +43,23 @@ class ExportOptions:
     calibration_override: np.ndarray | None = field(default=None, repr=False)  # tests: e.g. blank images
 
 
+    @classmethod
+    def load(cls, path: Path) -> "ExportOptions":
+        """Settings from a TOML file (see export/*.toml); unknown keys are an error."""
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        data = tomllib.loads(Path(path).read_text())
+        allowed = {f for f in cls.__dataclass_fields__ if f != "calibration_override"}
+        unknown = set(data) - allowed
+        if unknown:
+            raise ValueError(f"unknown export settings {sorted(unknown)}; known: {sorted(allowed)}")
+        if "formats" in data:
+            data["formats"] = tuple(data["formats"])
+        return cls(**data)
+
+
 class GateFailed(RuntimeError):
     def __init__(self, message: str, report: dict):
         super().__init__(message)

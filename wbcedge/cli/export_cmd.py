@@ -14,33 +14,43 @@ from wbcedge.cli.common import JSON_OPTION, console, err_console, fail, write_js
 @app.command("export")
 def export_cmd(
     run: Path = typer.Argument(..., help="A run folder from `wbcedge train`."),
-    int8: bool = typer.Option(False, "--int8", help="Also full-integer int8 files, checked against the float model."),
-    formats: str = typer.Option("tflite,onnx", "--format", help="Comma-separated: tflite, onnx."),
-    float16: bool = typer.Option(False, "--float16", help="Also a float16-weights TFLite file."),
-    calib: int = typer.Option(300, "--calib", help="Calibration images, class-stratified from the train split."),
-    max_drop: float = typer.Option(1.0, "--max-drop", help="Accuracy points a file may lose against float."),
-    max_class_drop: float = typer.Option(3.0, "--max-class-drop", help="Recall points any class may lose."),
-    activation_type: str = typer.Option("uint8", "--activation-type", help="ONNX int8 activations: uint8 or int8."),
-    threshold: float = typer.Option(0.6, "--threshold", help="Below this confidence a cell is 'unidentified'."),
+    int8: bool = typer.Option(None, "--int8/--no-int8", help="Also full-integer int8 files, checked against the float model.", show_default=False),
+    config: Path = typer.Option(None, "--config", "-c", help="Export settings (.toml), e.g. export/default.toml; flags override it."),
+    formats: str = typer.Option(None, "--format", help="Comma-separated: tflite, onnx (default tflite,onnx)."),
+    float16: bool = typer.Option(None, "--float16", help="Also a float16-weights TFLite file.", show_default=False),
+    calib: int = typer.Option(None, "--calib", help="Calibration images, class-stratified from the train split (default 300)."),
+    max_drop: float = typer.Option(None, "--max-drop", help="Accuracy points a file may lose against float (default 1.0)."),
+    max_class_drop: float = typer.Option(None, "--max-class-drop", help="Recall points any class may lose (default 3.0)."),
+    activation_type: str = typer.Option(None, "--activation-type", help="ONNX int8 activations: uint8 or int8 (default uint8)."),
+    threshold: float = typer.Option(None, "--threshold", help="Below this confidence a cell is 'unidentified' (default 0.6)."),
     data: Path = typer.Option(None, "--data", help="Split manifest (default: the one the run trained on)."),
     out: Path = typer.Option(None, "--out", "-o", help="Bundle folder (default: RUN-bundle)."),
-    archive: bool = typer.Option(False, "--archive", help="Also write BUNDLE.tar.gz."),
+    archive: bool = typer.Option(None, "--archive", help="Also write BUNDLE.tar.gz.", show_default=False),
     force: bool = typer.Option(False, "--force", help="Mark the bundle deployable even over budget (the report keeps the failure)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Export float and (with --int8) int8 TFLite/ONNX files into one verified bundle."""
+    from dataclasses import fields, replace
+
     from wbcedge.export import ExportOptions, GateFailed, export
 
-    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
-    bad = set(fmts) - {"tflite", "onnx"}
-    if bad or not fmts:
-        fail(f"--format {formats!r}: choose from tflite, onnx (comma-separated)")
-    if activation_type not in ("uint8", "int8"):
-        fail(f"--activation-type {activation_type!r}: choose uint8 or int8")
+    opts = ExportOptions(int8=False)
+    if config is not None:
+        try:
+            opts = ExportOptions.load(config)
+        except (OSError, ValueError) as e:
+            fail(f"cannot read export config {config}: {e}")
+    given = dict(int8=int8, float16=float16, calib=calib, max_drop=max_drop, max_class_drop=max_class_drop,
+                 activation_type=activation_type, threshold=threshold, archive=archive,
+                 formats=tuple(f.strip() for f in formats.split(",") if f.strip()) if formats is not None else None,
+                 data=str(data) if data else None)
+    opts = replace(opts, force=force, **{k: v for k, v in given.items() if v is not None})
+    bad = set(opts.formats) - {"tflite", "onnx"}
+    if bad or not opts.formats:
+        fail(f"--format {','.join(opts.formats)!r}: choose from tflite, onnx (comma-separated)")
+    if opts.activation_type not in ("uint8", "int8"):
+        fail(f"--activation-type {opts.activation_type!r}: choose uint8 or int8")
     out = out or run.with_name(run.name + "-bundle")
-    opts = ExportOptions(int8=int8, formats=fmts, float16=float16, calib=calib, max_drop=max_drop,
-                         max_class_drop=max_class_drop, activation_type=activation_type, threshold=threshold,
-                         force=force, data=str(data) if data else None, archive=archive)
     failed = None
     try:
         report = export(run, out, opts, progress=lambda m: console.print(m, highlight=False))
