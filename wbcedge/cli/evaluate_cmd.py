@@ -53,7 +53,9 @@ def evaluate_cmd(
         write_json(json_path, {"a": results, "b": results_b, "mcnemar": test})
         return
     history = model / "history.csv"
-    folder = out or (model / f"eval-{split}" if model.is_dir() else Path(f"eval-{split}"))
+    # A run folder keeps its reports; a bundle must stay exactly as exported (it is hashed).
+    folder = out or (model / f"eval-{split}" if (model / "model.keras").is_file()
+                     else Path("runs") / f"eval-{model.name}-{split}")
     paths = metrics.write_report(folder, results, y_true, probs, predictor.classes,
                                  title=f"{model.name} ({predictor.name}) on {data.name}, {split} split",
                                  history_csv=history if history.is_file() else None)
@@ -94,7 +96,12 @@ def _frame_types(bundle: Path | None, images: Path, annotations: Path, types_csv
 
     from wbcedge.bundle import DEFAULT_BUNDLE
 
-    predictor = open_model(bundle or DEFAULT_BUNDLE)
+    from wbcedge.bundle import BundleError
+
+    try:
+        predictor = open_model(bundle or DEFAULT_BUNDLE)
+    except (BundleError, FileNotFoundError) as e:
+        fail(str(e))
     y, probs, names = evaluate_box_crops(predictor, images, annotations, types_csv)
     boxes = metrics.classification_results(y, probs, predictor.classes)
     console.print(metrics.format_table(boxes, title=f"Classifier on the annotated WBC boxes ({len(names)} single-cell frames)"))
