@@ -17,8 +17,14 @@ pytest.importorskip("tensorflow")
 from wbcedge import data  # noqa: E402
 from wbcedge.bundle import BundleError, load_bundle, pack, unpack, verify_bundle  # noqa: E402
 from wbcedge.export import ExportOptions, GateFailed, export  # noqa: E402
+from wbcedge.preprocess import PreprocessSpec  # noqa: E402
 
 pytestmark = pytest.mark.slow
+
+
+def blank_images(run_dir, n=64):
+    size = PreprocessSpec.load(run_dir).input_size
+    return np.zeros((n, size, size, 3), np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +59,16 @@ def test_export_writes_a_verified_deployable_bundle(good_bundle):
     assert onx["quantize_nodes"] > 0 and onx["per_channel_weights"] > 0 and onx["float_weight_convs"] == 0
     assert json.loads(onx["metadata"]["wbcedge.labels"]) == bundle.classes
     for name in ("model_int8.tflite", "model_int8.onnx"):
-        assert files[name]["size_bytes"] <= 0.35 * files[name.replace("int8", "fp32")]["size_bytes"]
+        # 37-39% for this 0.5 M-parameter model: per-channel scales and zero points are
+        # ~24% of the int8 TFLite file (docs/export.md); a regression would exceed 40%.
+        assert files[name]["size_bytes"] <= 0.40 * files[name.replace("int8", "fp32")]["size_bytes"]
         assert files[name]["within_budget"]
     assert bundle.model_entry()["file"] == "model_int8.tflite"
     assert report["calibration"]["images"] == 100
 
 
 def test_gate_refuses_a_model_calibrated_on_blank_images(default_run, export_manifest, tmp_path):
-    blank = np.zeros((64, 128, 128, 3), np.uint8)
+    blank = blank_images(default_run)
     opts = ExportOptions(data=str(export_manifest), formats=("tflite",), calibration_override=blank)
     with pytest.raises(GateFailed, match="model_int8.tflite") as info:
         export(default_run, tmp_path / "bad", opts, progress=lambda m: None)
@@ -77,8 +85,8 @@ def test_gate_refuses_a_model_calibrated_on_blank_images(default_run, export_man
 
 
 def test_force_marks_deployable_and_keeps_the_failure(default_run, export_manifest, tmp_path):
-    blank = np.zeros((64, 128, 128, 3), np.uint8)
-    opts = ExportOptions(data=str(export_manifest), formats=("tflite",), calibration_override=blank, force=True)
+    opts = ExportOptions(data=str(export_manifest), formats=("tflite",), calibration_override=blank_images(default_run),
+                         force=True)
     report = export(default_run, tmp_path / "forced", opts, progress=lambda m: None)
     assert report["forced"] and report["failures"]
     assert load_bundle(tmp_path / "forced").deployable
