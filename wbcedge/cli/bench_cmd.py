@@ -40,7 +40,7 @@ def _csv(value: str | None, what: str, allowed: tuple[str, ...] | None = None) -
     return items
 
 
-@app.command("bench")
+@app.command("bench", rich_help_panel="On the device (no TensorFlow)")
 def bench_cmd(
     bundle: Path = typer.Argument(None, help="Bundle folder or archive (default: the built-in one).",
                                   show_default=False),

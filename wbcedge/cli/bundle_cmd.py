@@ -12,7 +12,7 @@ from wbcedge.cli import app
 from wbcedge.cli.common import JSON_OPTION, console, fail, write_json
 
 bundle_app = typer.Typer(help="Inspect, verify, pack and unpack model bundles.", no_args_is_help=True)
-app.add_typer(bundle_app, name="bundle")
+app.add_typer(bundle_app, name="bundle", rich_help_panel="On the device (no TensorFlow)")
 
 
 @bundle_app.command("inspect")

@@ -23,7 +23,7 @@ data_app = typer.Typer(
          "Workflow: `index DIR` -> `split MANIFEST` -> `check MANIFEST` -> `augment MANIFEST --out DIR`.",
     no_args_is_help=True,
 )
-app.add_typer(data_app, name="data")
+app.add_typer(data_app, name="data", rich_help_panel="On the training box")
 
 MAX_LISTED = 20  # duplicate groups listed one by one; --json always holds all of them
 USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)

@@ -10,7 +10,7 @@ from wbcedge.cli import app
 from wbcedge.cli.common import JSON_OPTION, console, fail, write_json
 
 
-@app.command("evaluate")
+@app.command("evaluate", rich_help_panel="On the training box")
 def evaluate_cmd(
     model: Path = typer.Argument(None, help="A run folder or a bundle (folder or .tar.gz)."),
     data: Path = typer.Option(None, "--data", help="A split manifest (its test split is used) or a class-folder tree."),

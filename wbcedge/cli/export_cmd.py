@@ -11,7 +11,7 @@ from wbcedge.cli import app
 from wbcedge.cli.common import JSON_OPTION, console, err_console, fail, write_json
 
 
-@app.command("export")
+@app.command("export", rich_help_panel="On the training box")
 def export_cmd(
     run: Path = typer.Argument(..., help="A run folder from `wbcedge train`."),
     int8: bool = typer.Option(None, "--int8/--no-int8", help="Also full-integer int8 files, checked against the float model.", show_default=False),

@@ -13,7 +13,7 @@ from wbcedge.cli.common import JSON_OPTION, console, err_console, fail, write_js
 SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "samples" / "frames"
 
 
-@app.command("run")
+@app.command("run", rich_help_panel="On the device (no TensorFlow)")
 def run_cmd(
     source: str = typer.Option(None, "--source", "-s", help="Image, folder, glob or video file (default: built-in sample frames)."),
     camera: str = typer.Option(None, "--camera", help="auto, pi, jetson, or a V4L2 index such as 0.",

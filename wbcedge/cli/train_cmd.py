@@ -12,7 +12,7 @@ from wbcedge.cli import app
 from wbcedge.cli.common import JSON_OPTION, console, fail, write_json
 
 
-@app.command("train")
+@app.command("train", rich_help_panel="On the training box")
 def train_cmd(
     manifest: Path = typer.Argument(None, help="Split manifest (from `wbcedge data split`); or give --config."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (rerun the same command to resume)."),
