@@ -131,3 +131,16 @@ def test_bccd_count_100_yields_a_differential_and_report(tmp_path):
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["differential"]["classified"] >= 100 or "source ended" in out["meta"]["stop_reason"]
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_bare_camera_flag_means_auto():
+    from wbcedge.cli import bare_camera_means_auto
+    assert bare_camera_means_auto(["run", "--camera"]) == ["run", "--camera", "auto"]
+    assert bare_camera_means_auto(["run", "--camera", "--count", "5"]) == ["run", "--camera", "auto", "--count", "5"]
+    assert bare_camera_means_auto(["run", "--camera", "0"]) == ["run", "--camera", "0"]
+
+
+def test_no_camera_is_a_clear_error_and_leaves_no_run_folder(tmp_path):
+    res = wbcedge("run", "--camera", "7", "--out", str(tmp_path / "run"))
+    assert res.returncode != 0 and "could not be opened" in res.stderr
+    assert not (tmp_path / "run").exists()

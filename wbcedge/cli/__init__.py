@@ -7,6 +7,8 @@ Each verb lives in its own module under `wbcedge/cli/` and registers itself on
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from wbcedge import __version__
@@ -43,4 +45,14 @@ from wbcedge.cli import data_cmd, train_cmd, evaluate_cmd, export_cmd, run_cmd, 
 
 
 def main() -> None:
-    app()
+    app(args=bare_camera_means_auto(sys.argv[1:]))
+
+
+def bare_camera_means_auto(argv: list[str]) -> list[str]:
+    """`wbcedge run --camera` with no value means `--camera auto` (click has no optional-value options)."""
+    out = []
+    for i, token in enumerate(argv):
+        out.append(token)
+        if token == "--camera" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("auto")
+    return out

@@ -16,8 +16,8 @@ SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "samples" / "frames"
 @app.command("run", rich_help_panel="On the device (no TensorFlow)")
 def run_cmd(
     source: str = typer.Option(None, "--source", "-s", help="Image, folder, glob or video file (default: built-in sample frames)."),
-    camera: str = typer.Option(None, "--camera", help="auto, pi, jetson, or a V4L2 index such as 0.",
-                               show_default=False, flag_value="auto"),
+    camera: str = typer.Option(None, "--camera", help="A live camera: auto (also a bare --camera), pi, jetson, "
+                               "or a V4L2 index such as 0.", show_default=False),
     bundle: Path = typer.Option(None, "--bundle", "-b", help="Bundle folder or archive (default: the built-in one)."),
     profile: Path = typer.Option(None, "--profile", help="Camera profile .toml (see device/profiles/)."),
     count: int = typer.Option(None, "--count", help="Stop once this many cells are classified (100, 200, 400)."),
