@@ -54,7 +54,7 @@ class TrainConfig:
     mixed_precision: str = "auto"   # auto = on when a GPU is visible
     jit_compile: str = "auto"       # XLA; auto = on when a GPU is visible
     max_train_images: int = 0       # 0 = all (small values are for tests)
-    cell_fraction: float = 0.44     # located cell diameter / crop side in the training crops (PBC median)
+    cell_fraction: float = PreprocessSpec.cell_fraction  # located cell diameter / crop side in the training crops
     crop_um: float | None = None    # training crop side in micrometres, if the data's scale is known
 
     @classmethod
