@@ -45,7 +45,7 @@ def main() -> None:
                 "uint8 activations, per-tensor": ("uint8", False)}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = convert.to_onnx(run.model, Path(tmp) / "fp32.onnx")
+        fp32 = convert.to_onnx(run.keras_model, Path(tmp) / "fp32.onnx")
         clfs = {}
         for name, (act, per_channel) in variants.items():
             path = convert.quantize_onnx(fp32, Path(tmp) / f"{act}-{per_channel}.onnx", calib, act, per_channel)

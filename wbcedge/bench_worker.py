@@ -139,10 +139,10 @@ def run_keras(job: dict) -> dict:
     blocks = time_blocks(predictor.predict, batches, job["runs"], job["warmup"], job["repeats"])
     out = {"import_ms": import_ms, "load_ms": load_ms, "first_ms": first_ms, "blocks_ms": blocks,
            "rss_base_mb": rss_base, "rss_peak_mb": peak_rss_mb(), "runtime": f"keras {keras.__version__}",
-           "input_size": int(predictor.model.input_shape[1])}
+           "input_size": int(predictor.keras_model.input_shape[1])}
     # What `model.predict` costs beyond the network itself: the same model through the compiled
     # `predict_on_batch` (an eager `model(x)` walks the layers one by one and is slower still).
-    model = predictor.model
+    model = predictor.keras_model
 
     def on_batch(x):
         return np.asarray(model.predict_on_batch(x.astype(np.float32)))

@@ -19,42 +19,46 @@ from wbcedge.preprocess import PreprocessSpec, load_inputs, read_image, to_model
 
 
 @dataclass
-class KerasPredictor:
-    """A run folder's `model.keras` (needs TensorFlow: training box only)."""
+class Predictor:
+    """A model with the spec and classes it came with: a run folder's Keras model or one file of a bundle."""
     path: Path
     spec: PreprocessSpec
     classes: list[str]
-    model: object
-    name: str = "keras"
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict(batch.astype(np.float32), verbose=0, batch_size=64), np.float32)
-
-    def predict_many(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        return self.predict(inputs)
-
-
-@dataclass
-class BundlePredictor:
-    """One model file of a bundle, run by the device runtime (ai-edge-litert or onnxruntime)."""
-    path: Path
-    spec: PreprocessSpec
-    classes: list[str]
-    classifier: object
+    engine: object  # anything with predict(batch) and predict_many(inputs, batch_size)
     name: str = ""
 
+    @property
+    def keras_model(self):
+        """The Keras model behind a run folder's predictor (export and the bench baseline need it)."""
+        if not isinstance(self.engine, _KerasEngine):
+            raise TypeError(f"{self.path} is a bundle file, not a Keras run folder")
+        return self.engine.model
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.classifier.predict(batch)
+        return self.engine.predict(batch)
 
     def predict_many(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        return self.classifier.predict_many(inputs, batch_size)
+        return self.engine.predict_many(inputs, batch_size)
+
+
+class _KerasEngine:
+    """`model.keras` behind the runtime Classifier's interface (needs TensorFlow: training box only)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.predict_many(batch)
+
+    def predict_many(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        return np.asarray(self.model.predict(inputs.astype(np.float32), verbose=0, batch_size=batch_size), np.float32)
 
 
 def is_run_folder(path: Path) -> bool:
     return (Path(path) / "model.keras").is_file()
 
 
-def load_run(run_dir: Path) -> KerasPredictor:
+def load_run(run_dir: Path) -> Predictor:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     run_dir = Path(run_dir)
     if not is_run_folder(run_dir):
@@ -63,8 +67,8 @@ def load_run(run_dir: Path) -> KerasPredictor:
     import wbcedge.models  # noqa: F401  (custom objects, if any, register on import)
 
     classes = json.loads((run_dir / "labels.json").read_text())
-    return KerasPredictor(run_dir, PreprocessSpec.load(run_dir), classes,
-                          keras.saving.load_model(run_dir / "model.keras"), name="keras (float32)")
+    return Predictor(run_dir, PreprocessSpec.load(run_dir), classes,
+                     _KerasEngine(keras.saving.load_model(run_dir / "model.keras")), name="keras (float32)")
 
 
 def open_model(path: Path, backend: str | None = None, precision: str | None = None, threads: int | None = None):
@@ -78,8 +82,8 @@ def open_model(path: Path, backend: str | None = None, precision: str | None = N
     bundle = load_bundle(path)
     entry = bundle.model_entry(backend, precision)
     clf = Classifier(bundle.path / entry["file"], threads=threads)
-    return BundlePredictor(bundle.path / entry["file"], bundle.spec, bundle.classes, clf,
-                           name=f"{entry['backend']} {entry['precision']}")
+    return Predictor(bundle.path / entry["file"], bundle.spec, bundle.classes, clf,
+                     name=f"{entry['backend']} {entry['precision']}")
 
 
 def labelled_inputs(records: list[Record], spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:

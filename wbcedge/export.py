@@ -134,18 +134,18 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     files: list[tuple[str, str, str]] = []  # (file, backend, precision)
     if "tflite" in opts.formats:
         progress("TFLite float32")
-        convert.to_tflite(keras_model.model, out / "model_fp32.tflite", "fp32")
+        convert.to_tflite(keras_model.keras_model, out / "model_fp32.tflite", "fp32")
         files.append(("model_fp32.tflite", "tflite", "fp32"))
         if opts.float16:
-            convert.to_tflite(keras_model.model, out / "model_fp16.tflite", "fp16")
+            convert.to_tflite(keras_model.keras_model, out / "model_fp16.tflite", "fp16")
             files.append(("model_fp16.tflite", "tflite", "fp16"))
         if opts.int8:
             progress("TFLite int8 (full integer)")
-            convert.to_tflite(keras_model.model, out / TFLITE_INT8, "int8", calibration)
+            convert.to_tflite(keras_model.keras_model, out / TFLITE_INT8, "int8", calibration)
             files.append((TFLITE_INT8, "tflite", "int8"))
     if "onnx" in opts.formats:
         progress("ONNX float32")
-        convert.to_onnx(keras_model.model, out / "model_fp32.onnx", metadata)
+        convert.to_onnx(keras_model.keras_model, out / "model_fp32.onnx", metadata)
         files.append(("model_fp32.onnx", "onnx", "fp32"))
         if opts.int8:
             progress(f"ONNX int8 (QDQ, {opts.activation_type} activations, per-channel weights)")

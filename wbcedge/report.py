@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 from rich.table import Table
 
+from wbcedge.jsonable import to_jsonable
 from wbcedge.record import DB_FILE, CellRow, OutputError, read_cells
 
 JSON_FILE = "differential.json"
@@ -47,7 +48,7 @@ def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Ma
     except FileNotFoundError:
         cells = []  # a differential without a recorded run (e.g. from labels only): no gallery
     paths = {"json": run_dir / JSON_FILE, "csv": run_dir / CSV_FILE, "html": run_dir / HTML_FILE}
-    texts = {"json": json.dumps({"meta": meta, "differential": differential}, indent=2, default=_jsonable) + "\n",
+    texts = {"json": json.dumps({"meta": meta, "differential": differential}, indent=2, default=to_jsonable) + "\n",
              "csv": differential_csv(differential),
              "html": render_html(run_dir, differential, meta, cells, max_per_class)}
     for key, path in paths.items():
@@ -155,7 +156,7 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
     if meta:
         parts.append("<h2>Run</h2><table><tbody>")
         for key, value in meta.items():
-            text = value if isinstance(value, str) else json.dumps(value, default=_jsonable)
+            text = value if isinstance(value, str) else json.dumps(value, default=to_jsonable)
             parts.append(f"<tr><td>{e(str(key))}</td><td style=\"text-align:left\">{e(str(text))}</td></tr>")
         parts.append("</tbody></table>")
 
@@ -206,18 +207,6 @@ def _ref(t: Mapping[str, Any]) -> str:
 
 def _num(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -10,6 +10,8 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from wbcedge.jsonable import to_jsonable
+
 # Piped or logged output gets 120 columns rather than rich's 80, so tables stay one row per line.
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, soft_wrap=True)  # errors keep paths on one line
@@ -25,22 +27,12 @@ def write_json(path: Path | None, data: Any) -> None:
     """Write a command's results as JSON when the user gave `--json PATH` ('-' = stdout)."""
     if path is None:
         return
-    text = json.dumps(data, indent=2, default=_jsonable)
+    text = json.dumps(data, indent=2, default=to_jsonable)
     if str(path) == "-":
         sys.stdout.write(text + "\n")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 JSON_OPTION = typer.Option(None, "--json", help="Also write the results as JSON to this path ('-' for stdout).")
