@@ -27,13 +27,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from wbcedge import convert
+    from wbcedge.train import convert
     from wbcedge.data import read_manifest
-    from wbcedge.evaluate import labelled_inputs, load_run
-    from wbcedge.export import calibration_records
-    from wbcedge.metrics import classification_results
+    from wbcedge.evaluation.evaluate import labelled_inputs
+    from wbcedge.train.run_folder import load_run
+    from wbcedge.train.export import calibration_records
+    from wbcedge.evaluation.metrics import classification_results
     from wbcedge.preprocess import load_inputs
-    from wbcedge.runtime import Classifier
+    from wbcedge.device.runtime import Classifier
 
     run = load_run(args.run)
     records = read_manifest(args.data)

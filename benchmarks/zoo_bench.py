@@ -1,9 +1,9 @@
 """fp32 against int8 TFLite for the paper's five models, on this machine, in one run.
 
 Each model is built with random weights (latency does not depend on the weights),
-converted to fp32 and full-integer int8 TFLite with `wbcedge.convert.to_tflite`
+converted to fp32 and full-integer int8 TFLite with `wbcedge.train.convert.to_tflite`
 (int8 calibrated on ~50 preprocessed sample crops from wbcedge/samples/pbc), and
-then timed through `wbcedge.runtime.Classifier`, batch 1, at `--threads` threads,
+then timed through `wbcedge.device.runtime.Classifier`, batch 1, at `--threads` threads,
 in a fresh process that never imports TensorFlow. The timing alternates fp32 and
 int8 in short rounds (fp32 first in even rounds, int8 first in odd ones), so
 machine noise (other jobs on a shared box) hits both precisions alike; the
@@ -42,7 +42,7 @@ BEGIN, END = "<!-- zoo_bench:begin -->", "<!-- zoo_bench:end -->"
 
 def calibration_images(size: int, n: int) -> np.ndarray:
     """Real PBC sample crops through the device's preprocessing, plus flips and quarter turns up to n."""
-    from wbcedge.bench import sample_crop_paths
+    from wbcedge.bench.runner import sample_crop_paths
     from wbcedge.preprocess import PreprocessSpec, read_image, to_model_input
 
     spec = PreprocessSpec(input_size=size)
@@ -57,8 +57,8 @@ def convert_all(models: list[str], size: int, calib: int, work: Path, log) -> li
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from wbcedge import convert
-    from wbcedge.models import create_model
+    from wbcedge.train import convert
+    from wbcedge.train.models import create_model
 
     out = []
     for name in models:
@@ -99,11 +99,11 @@ def bundle_entries(path: Path) -> list[dict]:
 
 def time_all(entries: list[dict], threads: int, rounds: int, runs: int, warmup: int) -> list[dict]:
     """Alternating fp32/int8 rounds for every model; one process, no TensorFlow."""
-    from wbcedge.bench import latency_stats
-    from wbcedge.bench_worker import _xnnpack, time_blocks
+    from wbcedge.bench.runner import latency_stats
+    from wbcedge.bench.worker import _xnnpack, time_blocks
     from wbcedge.preprocess import PreprocessSpec, read_image, to_model_input
-    from wbcedge.bench import sample_crop_paths
-    from wbcedge.runtime import Classifier
+    from wbcedge.bench.runner import sample_crop_paths
+    from wbcedge.device.runtime import Classifier
 
     for e in entries:
         spec = PreprocessSpec(input_size=e["input_size"])
@@ -131,7 +131,7 @@ def time_all(entries: list[dict], threads: int, rounds: int, runs: int, warmup: 
 
 
 def markdown(result: dict) -> str:
-    from wbcedge.machine import machine_line
+    from wbcedge.bench.machine import machine_line
 
     a = result["args"]
     lines = [BEGIN,
@@ -208,7 +208,7 @@ def main() -> None:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from wbcedge.machine import machine_info
+    from wbcedge.bench.machine import machine_info
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))

@@ -1,7 +1,7 @@
 """`wbcedge bench`: floors, compare, the Keras baseline, no TensorFlow on the device path, stage times that add up.
 
 The bundle is made here: a tiny Keras model (32 px, one convolution) exported to
-fp32 and int8 TFLite with wbcedge.convert and a manifest written by
+fp32 and int8 TFLite with wbcedge.train.convert and a manifest written by
 wbcedge.bundle.write_manifest, plus its run folder for the Keras baseline. Without
 TensorFlow the built-in default bundle is used when it exists; otherwise the
 tests that need a bundle skip.
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from wbcedge import bench
-from wbcedge.bench import BenchError, BenchOptions, Floor, check_floors, compare, parse_floor
+from wbcedge.bench import runner as bench
+from wbcedge.bench.runner import BenchError, BenchOptions, Floor, check_floors, compare, parse_floor
 from wbcedge.bundle import DEFAULT_BUNDLE, load_bundle, write_manifest
 from wbcedge.cli import app
 
@@ -36,7 +36,7 @@ def _make_bundle(root: Path) -> tuple[Path, Path]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from wbcedge import convert
+    from wbcedge.train import convert
     from wbcedge.labels import CLASSES
     from wbcedge.preprocess import PreprocessSpec, read_image, to_model_input
 
@@ -293,7 +293,7 @@ def test_latency_stats_and_spread() -> None:
 
 
 def test_machine_info_notes_what_it_cannot_read(monkeypatch, tmp_path) -> None:
-    from wbcedge import machine
+    from wbcedge.bench import machine
 
     monkeypatch.setattr(machine, "GOVERNOR_FILE", tmp_path / "missing")
     info = machine.machine_info()

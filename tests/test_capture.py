@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from wbcedge import capture
-from wbcedge.capture import (CameraLostError, CameraProfile, Frame, LiveSource, OpenCVCameraSource,
+from wbcedge.device import capture
+from wbcedge.device.capture import (CameraLostError, CameraProfile, Frame, LiveSource, OpenCVCameraSource,
                              PiCameraSource, ProfileError, RetryPolicy, SourceError, VideoFileSource,
                              detect_platform, focus_score, is_blurred, jetson_pipeline, open_camera,
                              open_source, picamera2_controls)

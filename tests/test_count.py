@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from wbcedge.count import ADULT_REFERENCE, betainc, clopper_pearson, differential, load_reference
+from wbcedge.device.differential import ADULT_REFERENCE, betainc, clopper_pearson, differential, load_reference
 from wbcedge.labels import CLASSES
-from wbcedge.record import Recorder
-from wbcedge.report import format_differential, write_outputs
+from wbcedge.device.records import Recorder
+from wbcedge.device.report import format_differential, write_outputs
 
 CASES = [(0, 1), (1, 1), (0, 10), (3, 10), (10, 10), (1, 100), (50, 100), (99, 100), (17, 200),
          (4500, 10000), (2, 100000), (123, 456)]

@@ -22,9 +22,9 @@ def run_blocked(code: str, cwd) -> subprocess.CompletedProcess:
 
 def test_device_modules_import_without_tensorflow(tmp_path):
     res = run_blocked("""
-        import wbcedge, wbcedge.cli, wbcedge.runtime, wbcedge.bundle, wbcedge.pipeline, wbcedge.capture
-        import wbcedge.locate, wbcedge.count, wbcedge.record, wbcedge.report, wbcedge.track, wbcedge.preprocess
-        import wbcedge.evaluate, wbcedge.metrics, wbcedge.data
+        import wbcedge, wbcedge.cli, wbcedge.device.runtime, wbcedge.bundle, wbcedge.device.pipeline, wbcedge.device.capture
+        import wbcedge.device.locate, wbcedge.device.differential, wbcedge.device.records, wbcedge.device.report, wbcedge.device.track, wbcedge.preprocess
+        import wbcedge.evaluation.evaluate, wbcedge.evaluation.metrics, wbcedge.data
         import sys
         assert not any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules), 'tensorflow leaked'
         print('ok')

@@ -16,7 +16,7 @@ pytest.importorskip("tensorflow")
 
 from wbcedge import data  # noqa: E402
 from wbcedge.bundle import BundleError, load_bundle, pack, unpack, verify_bundle  # noqa: E402
-from wbcedge.export import ExportOptions, GateFailed, export  # noqa: E402
+from wbcedge.train.export import ExportOptions, GateFailed, export  # noqa: E402
 from wbcedge.preprocess import PreprocessSpec  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from wbcedge.locate import CellBox, LocatorConfig, estimate_um_per_px, locate_cells, measure_cell_fraction
-from wbcedge.locate_eval import evaluate_localization, iou, main, match_boxes, read_voc_boxes
+from wbcedge.device.locate import CellBox, LocatorConfig, estimate_um_per_px, locate_cells, measure_cell_fraction
+from wbcedge.evaluation.locate_eval import evaluate_localization, iou, main, match_boxes, read_voc_boxes
 from wbcedge.preprocess import read_image
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""wbcedge.metrics on generated predictions: figures agree with scikit-learn, CIs behave, files are valid."""
+"""wbcedge.evaluation.metrics on generated predictions: figures agree with scikit-learn, CIs behave, files are valid."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
 from wbcedge.labels import CLASSES
-from wbcedge.metrics import (
+from wbcedge.evaluation.metrics import (
     NO_DIFFERENCE,
     classification_results,
     compare_markdown,

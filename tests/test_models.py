@@ -7,8 +7,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from wbcedge.models import MODEL_NAMES, create_model  # noqa: E402
-from wbcedge.models.applications import WeightsUnavailableError, backbone_of  # noqa: E402
+from wbcedge.train.models import MODEL_NAMES, create_model  # noqa: E402
+from wbcedge.train.models.applications import WeightsUnavailableError, backbone_of  # noqa: E402
 
 # Smallest input each family accepts, to keep the step fast.
 SIZES = {"residual_cnn": 32, "mobilenet_v2": 32, "inception_v3": 75, "xception": 71, "resnet50": 32}

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wbcedge import record
-from wbcedge.record import DB_FILE, OutputError, Recorder, read_cells, read_frames, read_meta
+from wbcedge.device import records as record
+from wbcedge.device.records import DB_FILE, OutputError, Recorder, read_cells, read_frames, read_meta
 
 
 def _crop(seed: int = 0) -> np.ndarray:
@@ -79,7 +79,7 @@ def test_cells_of_two_frames_cannot_interleave(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from wbcedge.record import Recorder
+    from wbcedge.device.records import Recorder
     rec = Recorder(sys.argv[1])
     crop = np.full((48, 48, 3), 128, np.uint8)
     for f in range(6):

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from wbcedge.bundle import load_bundle
-from wbcedge.capture import CameraLostError, Frame
-from wbcedge.pipeline import CellPipeline, run_session
+from wbcedge.device.capture import CameraLostError, Frame
+from wbcedge.device.pipeline import CellPipeline, run_session
 from wbcedge.preprocess import read_image
-from wbcedge.record import Recorder, read_cells
-from wbcedge.track import CellTracker
+from wbcedge.device.records import Recorder, read_cells
+from wbcedge.device.track import CellTracker
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES = REPO / "wbcedge" / "samples" / "frames"

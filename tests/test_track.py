@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wbcedge.track import CellStatus, CellTracker
+from wbcedge.device.track import CellStatus, CellTracker
 
 NEW, SEEN = CellStatus.NEW, CellStatus.SEEN
 

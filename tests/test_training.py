@@ -11,9 +11,10 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from wbcedge.data import read_manifest  # noqa: E402
-from wbcedge.evaluate import load_run, predict_records  # noqa: E402
+from wbcedge.evaluation.evaluate import predict_records  # noqa: E402
+from wbcedge.train.run_folder import load_run  # noqa: E402
 from wbcedge.preprocess import PreprocessSpec  # noqa: E402
-from wbcedge.training import TrainConfig, train  # noqa: E402
+from wbcedge.train.training import TrainConfig, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")

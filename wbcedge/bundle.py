@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from wbcedge.errors import BundleFormatError
 from wbcedge.preprocess import PreprocessSpec
 
 FORMAT = "wbcedge-bundle"
@@ -29,7 +30,7 @@ MANIFEST = "manifest.json"
 DEFAULT_BUNDLE = Path(__file__).parent / "default_bundle"
 
 
-class BundleError(ValueError):
+class BundleError(BundleFormatError):
     """A bundle that is missing, damaged or of an unknown format; the message says what to do."""
 
 

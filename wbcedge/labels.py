@@ -6,6 +6,8 @@ read `CLASSES` from here (a bundle stores its own copy, which the device trusts)
 
 from __future__ import annotations
 
+from wbcedge.errors import InputDataError
+
 CLASSES: tuple[str, ...] = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 SKIP = "skip"  # a --map target that leaves a folder out on purpose
 
@@ -31,7 +33,7 @@ def class_indices(labels):
     return np.array([index[label] for label in labels], dtype=np.int32)
 
 
-class UnknownClassError(ValueError):
+class UnknownClassError(InputDataError):
     """A folder or label name that is not one of the five WBC classes."""
 
 

@@ -71,9 +71,22 @@ def bench_cmd(
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Benchmark a bundle on this machine: latency, load time, memory, size, accuracy, pipeline frames/s."""
-    from wbcedge.bench import (BenchError, BenchOptions, check_floors, compare, compare_table, default_result_path,
-                               footnotes, load_result, markdown_tables, parse_floor, pipeline_caption,
-                               pipeline_table, rows_table, run_bench)
+    from wbcedge.bench.runner import (
+        BenchError,
+        BenchOptions,
+        check_floors,
+        compare,
+        compare_table,
+        default_result_path,
+        footnotes,
+        load_result,
+        markdown_tables,
+        parse_floor,
+        pipeline_caption,
+        pipeline_table,
+        rows_table,
+        run_bench,
+    )
     from wbcedge.bundle import BundleError, load_bundle
 
     thread_list = None

@@ -27,10 +27,11 @@ def evaluate_cmd(
         return _evaluate_frames(frames, model, json_path)
     if model is None or data is None:
         fail("give MODEL and --data (a manifest or a class-folder tree), or --frames DIR for the locator")
-    from wbcedge import metrics
     from wbcedge.bundle import BundleError
     from wbcedge.data import load_split
-    from wbcedge.evaluate import open_model, predict_records
+    from wbcedge.evaluation import metrics
+    from wbcedge.evaluation.evaluate import predict_records
+    from wbcedge.train.run_folder import open_model
 
     try:
         records = load_split(data, split if data.is_file() else None)
@@ -66,7 +67,7 @@ def evaluate_cmd(
 def _evaluate_frames(frames: Path, model: Path | None, json_path: Path | None) -> None:
     from rich.table import Table
 
-    from wbcedge.locate_eval import evaluate_localization
+    from wbcedge.evaluation.locate_eval import evaluate_localization
 
     frames = Path(frames)
     images = frames / "JPEGImages" if (frames / "JPEGImages").is_dir() else frames
@@ -91,12 +92,10 @@ def _frame_types(bundle: Path | None, images: Path, annotations: Path, types_csv
     """Another microscope: classify the annotated boxes, then the whole pipeline per frame."""
     from rich.table import Table
 
-    from wbcedge import metrics
-    from wbcedge.evaluate import evaluate_box_crops, evaluate_frame_types, open_model
-
-    from wbcedge.bundle import DEFAULT_BUNDLE
-
-    from wbcedge.bundle import BundleError
+    from wbcedge.bundle import DEFAULT_BUNDLE, BundleError
+    from wbcedge.evaluation import metrics
+    from wbcedge.evaluation.evaluate import evaluate_box_crops, evaluate_frame_types
+    from wbcedge.train.run_folder import open_model
 
     try:
         predictor = open_model(bundle or DEFAULT_BUNDLE)

@@ -30,9 +30,9 @@ def export_cmd(
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Export float and (with --int8) int8 TFLite/ONNX files into one verified bundle."""
-    from dataclasses import fields, replace
+    from dataclasses import replace
 
-    from wbcedge.export import ExportOptions, GateFailed, export
+    from wbcedge.train.export import ExportOptions, GateFailed, export
 
     opts = ExportOptions(int8=False)
     if config is not None:

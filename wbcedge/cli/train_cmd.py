@@ -32,7 +32,7 @@ def train_cmd(
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Train a model; writes model.keras, preprocess.json, history.csv and the run's provenance."""
-    from wbcedge.training import TrainConfig, train
+    from wbcedge.train.training import TrainConfig, train
 
     try:
         cfg = TrainConfig.load(config) if config else TrainConfig()
@@ -47,7 +47,7 @@ def train_cmd(
     cfg = replace(cfg, **overrides)
     if not cfg.manifest:
         fail("no manifest: give MANIFEST (from `wbcedge data split`) or a --config that names one")
-    from wbcedge.models.applications import WeightsUnavailableError
+    from wbcedge.train.models.applications import WeightsUnavailableError
     try:
         summary = train(cfg, out, progress=lambda m: console.print(m, highlight=False))
     except (FileNotFoundError, ValueError, WeightsUnavailableError) as e:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 import cv2
 import numpy as np
 
+from wbcedge.errors import CameraError, InputDataError
 from wbcedge.preprocess import read_image
 
 log = logging.getLogger(__name__)
@@ -51,15 +52,15 @@ FOCUS_WIDTH = 512
 DEFAULT_BLUR_THRESHOLD = 50.0
 
 
-class SourceError(Exception):
+class SourceError(InputDataError):
     """A frame source that cannot be opened: a missing path, an unknown format, no camera."""
 
 
-class CameraLostError(Exception):
+class CameraLostError(CameraError):
     """A live camera stopped delivering frames and did not come back after retries."""
 
 
-class ProfileError(ValueError):
+class ProfileError(InputDataError):
     """A camera profile file that cannot be read or holds an invalid setting."""
 
 

@@ -1,4 +1,4 @@
-"""One benchmark configuration, measured in a fresh process: `python -m wbcedge.bench_worker IN.json OUT.json`.
+"""One benchmark configuration, measured in a fresh process: `python -m wbcedge.bench.worker IN.json OUT.json`.
 
 `wbcedge bench` starts one of these per backend / precision / thread count (and
 one for the pipeline, one for the Keras baseline), so that every load time is a
@@ -6,7 +6,7 @@ cold load and every peak RSS belongs to one model alone. The job comes in as
 JSON, the figures go out as JSON; nothing is printed on stdout.
 
 Jobs (`kind`):
-  model     a bundle's model file through wbcedge.runtime.Classifier (no TensorFlow)
+  model     a bundle's model file through wbcedge.device.runtime.Classifier (no TensorFlow)
   keras     a run folder's model.keras through Keras `model.predict` (TensorFlow)
   pipeline  CellPipeline + Recorder + CellTracker over frames, as `wbcedge run` does
 
@@ -98,7 +98,7 @@ def _xnnpack(clf) -> dict | None:
 def run_model(job: dict) -> dict:
     batches = _batches(job["inputs_npy"])
     t0 = time.perf_counter()
-    from wbcedge import runtime
+    from wbcedge.device import runtime
     if Path(job["model"]).suffix == ".tflite":
         runtime._tflite_interpreter_class()   # import the runtime now, so load_ms is the model alone
     else:
@@ -128,7 +128,7 @@ def run_keras(job: dict) -> dict:
     t0 = time.perf_counter()
     import keras  # noqa: F401
     import_ms = (time.perf_counter() - t0) * 1000
-    from wbcedge.evaluate import load_run
+    from wbcedge.train.run_folder import load_run
     rss_base = rss_mb()
     t0 = time.perf_counter()
     predictor = load_run(Path(job["run"]))
@@ -160,10 +160,10 @@ def run_keras(job: dict) -> dict:
 
 def run_pipeline(job: dict) -> dict:
     from wbcedge.bundle import load_bundle
-    from wbcedge.capture import ImageFilesSource
-    from wbcedge.pipeline import CellPipeline, StageTimer, run_session
-    from wbcedge.record import Recorder
-    from wbcedge.track import CellTracker
+    from wbcedge.device.capture import ImageFilesSource
+    from wbcedge.device.pipeline import CellPipeline, StageTimer, run_session
+    from wbcedge.device.records import Recorder
+    from wbcedge.device.track import CellTracker
 
     bundle = load_bundle(Path(job["bundle"]), verify=False)  # the parent verified it
     t0 = time.perf_counter()
@@ -202,7 +202,7 @@ JOBS = {"model": run_model, "keras": run_keras, "pipeline": run_pipeline}
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        sys.stderr.write("usage: python -m wbcedge.bench_worker IN.json OUT.json (started by `wbcedge bench`)\n")
+        sys.stderr.write("usage: python -m wbcedge.bench.worker IN.json OUT.json (started by `wbcedge bench`)\n")
         return 2
     job = json.loads(Path(argv[0]).read_text())
     try:

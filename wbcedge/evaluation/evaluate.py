@@ -1,14 +1,11 @@
-"""Evaluate a run folder (Keras, training box) or a bundle (device runtimes) on labelled crops.
+"""Evaluate a predictor (a training run's Keras model or a bundle file) on labelled crops.
 
-    predictor = open_model(Path("runs/default-edge"))     # or a bundle folder
+    predictor = open_model(Path("training/runs/default-edge"))   # wbcedge.train.run_folder; or a bundle folder
     y_true, probs = predict_records(predictor, records)
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,74 +13,6 @@ import numpy as np
 from wbcedge.data import Record
 from wbcedge.labels import class_indices
 from wbcedge.preprocess import PreprocessSpec, load_inputs, read_image, to_model_input
-
-
-@dataclass
-class Predictor:
-    """A model with the spec and classes it came with: a run folder's Keras model or one file of a bundle."""
-    path: Path
-    spec: PreprocessSpec
-    classes: list[str]
-    engine: object  # anything with predict(batch) and predict_many(inputs, batch_size)
-    name: str = ""
-
-    @property
-    def keras_model(self):
-        """The Keras model behind a run folder's predictor (export and the bench baseline need it)."""
-        if not isinstance(self.engine, _KerasEngine):
-            raise TypeError(f"{self.path} is a bundle file, not a Keras run folder")
-        return self.engine.model
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.engine.predict(batch)
-
-    def predict_many(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        return self.engine.predict_many(inputs, batch_size)
-
-
-class _KerasEngine:
-    """`model.keras` behind the runtime Classifier's interface (needs TensorFlow: training box only)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.predict_many(batch)
-
-    def predict_many(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        return np.asarray(self.model.predict(inputs.astype(np.float32), verbose=0, batch_size=batch_size), np.float32)
-
-
-def is_run_folder(path: Path) -> bool:
-    return (Path(path) / "model.keras").is_file()
-
-
-def load_run(run_dir: Path) -> Predictor:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    run_dir = Path(run_dir)
-    if not is_run_folder(run_dir):
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no model.keras): train one with `wbcedge train`")
-    import keras
-    import wbcedge.models  # noqa: F401  (custom objects, if any, register on import)
-
-    classes = json.loads((run_dir / "labels.json").read_text())
-    return Predictor(run_dir, PreprocessSpec.load(run_dir), classes,
-                     _KerasEngine(keras.saving.load_model(run_dir / "model.keras")), name="keras (float32)")
-
-
-def open_model(path: Path, backend: str | None = None, precision: str | None = None, threads: int | None = None):
-    """A predictor for a run folder or a bundle (folder or archive)."""
-    from wbcedge.bundle import load_bundle
-    from wbcedge.runtime import Classifier
-
-    path = Path(path)
-    if is_run_folder(path):
-        return load_run(path)
-    bundle = load_bundle(path)
-    entry = bundle.model_entry(backend, precision)
-    clf = Classifier(bundle.path / entry["file"], threads=threads)
-    return Predictor(bundle.path / entry["file"], bundle.spec, bundle.classes, clf,
-                     name=f"{entry['backend']} {entry['precision']}")
 
 
 def labelled_inputs(records: list[Record], spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -124,8 +53,8 @@ def evaluate_box_crops(predictor, frames_dir: Path, annotations_dir: Path, types
     Crops are cut as the runner cuts them: around the box, at the training crops'
     physical size when the scale can be measured from the red cells.
     """
-    from wbcedge.locate import estimate_um_per_px
-    from wbcedge.locate_eval import read_voc_boxes
+    from wbcedge.device.locate import estimate_um_per_px
+    from wbcedge.evaluation.locate_eval import read_voc_boxes
     from wbcedge.preprocess import crop_around_cell
 
     types = read_frame_types(types_csv)
@@ -155,8 +84,8 @@ def evaluate_frame_types(bundle_path: Path | None, frames_dir: Path, types_csv: 
     from collections import Counter
 
     from wbcedge.bundle import load_bundle
-    from wbcedge.metrics import proportion_ci
-    from wbcedge.pipeline import UNIDENTIFIED, CellPipeline
+    from wbcedge.device.pipeline import UNIDENTIFIED, CellPipeline
+    from wbcedge.evaluation.metrics import proportion_ci
 
     bundle = load_bundle(bundle_path)
     pipeline = CellPipeline(bundle, **pipeline_options)

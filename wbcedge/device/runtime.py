@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from wbcedge.errors import MissingDependencyError
+
 BACKENDS = ("tflite", "onnx")
 
 
-class RuntimeMissingError(RuntimeError):
+class RuntimeMissingError(MissingDependencyError):
     pass
 
 

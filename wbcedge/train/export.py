@@ -19,8 +19,8 @@ import numpy as np
 
 from wbcedge.bundle import pack, write_manifest
 from wbcedge.data import Record, read_manifest
+from wbcedge.evaluation.metrics import classification_results
 from wbcedge.labels import CLASSES
-from wbcedge.metrics import classification_results
 
 TFLITE_INT8 = "model_int8.tflite"
 
@@ -96,11 +96,12 @@ def _resolve_manifest(run_dir: Path, override: str | None) -> Path:
 
 def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dict:
     """Export, gate and bundle. Returns the report; raises GateFailed when over budget (and not forced)."""
-    from wbcedge import convert
-    from wbcedge.evaluate import labelled_inputs, load_run
-    from wbcedge.quantinfo import quantization_of
-    from wbcedge.runtime import Classifier
-    from wbcedge.training import file_sha256, package_versions
+    from wbcedge.device.runtime import Classifier
+    from wbcedge.evaluation.evaluate import labelled_inputs
+    from wbcedge.train import convert
+    from wbcedge.train.quantinfo import quantization_of
+    from wbcedge.train.run_folder import load_run
+    from wbcedge.train.training import file_sha256, package_versions
 
     run_dir, out = Path(run_dir), Path(out)
     keras_model = load_run(run_dir)

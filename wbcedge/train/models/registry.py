@@ -36,7 +36,7 @@ def register(name: str):
 
 def create_model(name: str | None = None, options: ModelOptions | None = None, **kwargs) -> keras.Model:
     """Build a model by name with the paper's head; kwargs override `options` fields."""
-    from wbcedge.models import applications, residual_cnn  # noqa: F401  (register the families)
+    from wbcedge.train.models import applications, residual_cnn  # noqa: F401  (register the families)
 
     opts = options or ModelOptions()
     if name is not None:

@@ -34,6 +34,8 @@ from typing import Any, NoReturn
 import cv2
 import numpy as np
 
+from wbcedge.errors import OutputFolderError
+
 DB_FILE = "cells.db"
 CROPS_DIR = "crops"
 SCHEMA_VERSION = 1
@@ -66,7 +68,7 @@ CREATE INDEX IF NOT EXISTS cells_label ON cells(label);
 """
 
 
-class OutputError(Exception):
+class OutputError(OutputFolderError):
     """The run folder cannot be created, written, or has run out of space."""
 
 

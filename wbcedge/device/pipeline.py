@@ -13,16 +13,15 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from wbcedge.bundle import Bundle
-from wbcedge.capture import CameraLostError, FrameSource, focus_score
-from wbcedge.locate import CellBox, LocatorConfig, estimate_um_per_px, locate_cells
+from wbcedge.device.capture import CameraLostError, FrameSource, focus_score
+from wbcedge.device.locate import CellBox, LocatorConfig, estimate_um_per_px, locate_cells
+from wbcedge.device.runtime import Classifier
 from wbcedge.preprocess import crop_around_cell, to_model_input
-from wbcedge.runtime import Classifier
 
 UNIDENTIFIED = "unidentified"
 STAGES = ("decode", "focus", "locate", "preprocess", "infer", "bookkeeping")

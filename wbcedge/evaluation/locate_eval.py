@@ -1,8 +1,8 @@
 """How well `locate_cells` finds the white cells annotated in VOC frames (e.g. BCCD),
 and how large the located cell is in single-cell training crops (e.g. PBC).
 
-    python -m wbcedge.locate_eval ../shared/data/bccd
-    python -m wbcedge.locate_eval ../shared/data/bccd --fractions ../shared/data/pbc
+    python -m wbcedge.evaluation.locate_eval ../shared/data/bccd
+    python -m wbcedge.evaluation.locate_eval ../shared/data/bccd --fractions ../shared/data/pbc
 
 The first prints recall, precision, extra boxes and time per frame for the
 dataset's own trainval and test lists (when it has `ImageSets/Main/`) and for all
@@ -22,7 +22,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from wbcedge.locate import LocatorConfig, estimate_um_per_px, locate_cells, measure_cell_fraction
+from wbcedge.device.locate import LocatorConfig, estimate_um_per_px, locate_cells, measure_cell_fraction
 from wbcedge.preprocess import read_image
 
 Box = tuple[int, int, int, int]
@@ -223,7 +223,7 @@ def _read_list(path: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m wbcedge.locate_eval",
+        prog="python -m wbcedge.evaluation.locate_eval",
         description="Score the white-cell locator against VOC boxes (BCCD layout: JPEGImages/, Annotations/, "
                     "ImageSets/Main/).")
     parser.add_argument("root", type=Path, help="dataset folder in VOC layout, e.g. ../shared/data/bccd, or "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from wbcedge.models.registry import ModelOptions, register
+from wbcedge.train.models.registry import ModelOptions, register
 
 
 def residual_block(x, filters: int, name: str):

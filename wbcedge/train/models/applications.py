@@ -11,11 +11,12 @@ always takes 0-255 RGB pixels.
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 from keras import layers
 
-from wbcedge.models.registry import ModelOptions, register
+from wbcedge.errors import InputDataError
+from wbcedge.train.models.registry import ModelOptions, register
 
 _BACKBONES = {
     # name: (constructor, input scaling, min input size, Dense64 followed by BN/ReLU/Dropout)
@@ -28,7 +29,7 @@ _BACKBONES = {
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(InputDataError):
     pass
 
 

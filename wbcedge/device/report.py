@@ -25,8 +25,8 @@ from typing import Any, Mapping
 
 from rich.table import Table
 
+from wbcedge.device.records import DB_FILE, CellRow, OutputError, read_cells
 from wbcedge.jsonable import to_jsonable
-from wbcedge.record import DB_FILE, CellRow, OutputError, read_cells
 
 JSON_FILE = "differential.json"
 CSV_FILE = "differential.csv"

@@ -4,7 +4,7 @@
     console.print(rows_table(result)); write_json(Path("bench.json"), result)
 
 For every backend x precision x thread count a fresh worker process
-(`wbcedge.bench_worker`) loads the model cold and times it on real preprocessed
+(`wbcedge.bench.worker`) loads the model cold and times it on real preprocessed
 crops at batch 1: load, first inference, `runs` calls after `warmup`. This is
 done in `repeats` rounds (every configuration once per round, alternating the
 order), so machine noise hits all rows alike; p50/p90/p99 and throughput pool
@@ -38,10 +38,11 @@ from typing import Callable
 
 import numpy as np
 
+from wbcedge.bench.machine import machine_info
 from wbcedge.bundle import Bundle
-from wbcedge.machine import machine_info
+from wbcedge.errors import WbcedgeError
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent
 REPO_ROOT = PACKAGE.parent
 SAMPLE_CROPS = PACKAGE / "samples" / "pbc"
 SAMPLE_FRAMES = PACKAGE / "samples" / "frames"
@@ -51,7 +52,7 @@ WORKER_TIMEOUT_S = 1800
 KERAS = "keras"
 
 
-class BenchError(RuntimeError):
+class BenchError(WbcedgeError):
     """A benchmark that cannot run as asked; the message says what to change."""
 
 
@@ -74,7 +75,7 @@ class BenchOptions:
 
 def default_threads() -> tuple[int, ...]:
     """1 and the runtime's default (up to 4 cores), e.g. (1, 2) on a 2-core machine, (1, 4) on a Pi 4."""
-    from wbcedge.machine import usable_cores
+    from wbcedge.bench.machine import usable_cores
     return tuple(sorted({1, min(4, usable_cores())}))
 
 
@@ -146,7 +147,7 @@ def accuracy_with_ci(y_true: np.ndarray, pred: list[int]) -> dict:
     correct, n = int((pred == y_true).sum()), int(len(y_true))
     out = {"accuracy": correct / n if n else None, "accuracy_n": n, "accuracy_ci95": None}
     try:
-        from wbcedge.metrics import proportion_ci
+        from wbcedge.evaluation.metrics import proportion_ci
         lo, hi = proportion_ci(correct, n)
         out["accuracy_ci95"] = [lo, hi]
     except ModuleNotFoundError as exc:  # SciPy is in the report extra, not on every device
@@ -155,7 +156,7 @@ def accuracy_with_ci(y_true: np.ndarray, pred: list[int]) -> dict:
 
 
 def frame_paths(frames: Path | None) -> tuple[list[Path], str]:
-    from wbcedge.capture import IMAGE_SUFFIXES
+    from wbcedge.device.capture import IMAGE_SUFFIXES
 
     folder = Path(frames) if frames is not None else SAMPLE_FRAMES
     if frames is None and not folder.is_dir():
@@ -214,13 +215,13 @@ def find_keras_run(bundle: Bundle, explicit: Path | None, cwd: Path | None = Non
 # ---------------------------------------------------------------- workers
 
 def run_worker(job: dict, tmp: Path, timeout: float = WORKER_TIMEOUT_S) -> dict:
-    """Run one job in a fresh `python -m wbcedge.bench_worker` and return its JSON result."""
+    """Run one job in a fresh `python -m wbcedge.bench.worker` and return its JSON result."""
     tag = f"{job['kind']}-{int(time.monotonic_ns())}"
     job_path, out_path = tmp / f"{tag}.in.json", tmp / f"{tag}.out.json"
     job_path.write_text(json.dumps(job))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
     try:
-        proc = subprocess.run([sys.executable, "-m", "wbcedge.bench_worker", str(job_path), str(out_path)],
+        proc = subprocess.run([sys.executable, "-m", "wbcedge.bench.worker", str(job_path), str(out_path)],
                               capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise BenchError(f"a benchmark worker ({job['kind']}) ran past {timeout:.0f} s; use fewer --runs") from None
@@ -397,7 +398,7 @@ def run_bench(bundle: Bundle, opts: BenchOptions, progress: Callable[[str], None
 
 def pipeline_summary(res: dict, entry: dict, threads: int, frames_label: str) -> dict:
     """Per-stage ms per frame pooled over the blocks, end-to-end fps, and how far the stages miss the wall clock."""
-    from wbcedge.pipeline import STAGES
+    from wbcedge.device.pipeline import STAGES
 
     blocks = res["blocks"]
     frames = sum(b["frames"] for b in blocks)
@@ -642,7 +643,7 @@ def footnotes(result: dict) -> list[str]:
 
 
 def machine_line_of(result: dict) -> str:
-    from wbcedge.machine import machine_line
+    from wbcedge.bench.machine import machine_line
     return machine_line(result["machine"])
 
 

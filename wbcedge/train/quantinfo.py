@@ -13,7 +13,7 @@ import numpy as np
 
 
 def tflite_quantization(path: Path) -> dict:
-    from wbcedge.runtime import _tflite_interpreter_class
+    from wbcedge.device.runtime import _tflite_interpreter_class
 
     Interpreter, _ = _tflite_interpreter_class()
     interp = Interpreter(model_path=str(path))

@@ -12,18 +12,17 @@ A run folder holds everything export and evaluation need:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from wbcedge.data import Record, read_manifest
+from wbcedge.data import read_manifest
 from wbcedge.labels import CLASSES, class_indices
 from wbcedge.preprocess import PreprocessSpec, load_inputs
+from wbcedge.provenance import file_sha256, package_versions  # noqa: F401  (re-exported for old callers)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -72,22 +71,6 @@ class TrainConfig:
         return cls(**data)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def package_versions() -> dict:
-    import importlib.metadata as md
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("wbcedge", "tensorflow", "tensorflow-cpu", "keras", "numpy", "opencv-python-headless",
-                 "ai-edge-litert", "onnxruntime", "onnx", "tf2onnx"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def _augment_fn(tf, cfg: dict, seed: int):
     """Online augmentation on float 0-255 batches: geometry plus colour/stain jitter."""
     def augment(images, labels):
@@ -129,8 +112,8 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     import keras
     import tensorflow as tf
 
-    from wbcedge.models import ModelOptions, create_model
-    from wbcedge.models.applications import backbone_of
+    from wbcedge.train.models import ModelOptions, create_model
+    from wbcedge.train.models.applications import backbone_of
 
     run_dir = Path(run_dir)
     if (run_dir / "summary.json").is_file():

@@ -1,0 +1,131 @@
+"""The data manifest: a CSV file, one row per image (path, label, sha256, width, height,
+split, source), and the records it holds.
+
+Paths are stored relative to the manifest's folder where possible. Identical bytes form one
+group (their sha256); an augmented row names its original in `source`, so leak checks see
+through augmentation.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wbcedge.labels import CLASSES
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+FIELDS = ("path", "label", "sha256", "width", "height", "split", "source")
+SPLITS = ("train", "val", "test")
+EXCLUDED = "excluded"
+TINY_SIDE = 32      # smaller than this on either side: reported as tiny
+HUGE_SIDE = 4096    # larger than this on either side: reported as huge
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples" / "pbc"
+"""Four real PBC crops per class, shipped with the package (see its ATTRIBUTION.md)."""
+
+
+@dataclass
+class Record:
+    path: str
+    label: str
+    sha256: str
+    width: int
+    height: int
+    split: str = ""
+    source: str = ""
+
+
+@dataclass
+class Problem:
+    """One line about a file the index could not use as it was, and what was done."""
+    path: str
+    what: str
+    action: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.what} -> {self.action}"
+
+
+@dataclass
+class IndexResult:
+    records: list[Record]
+    problems: list[Problem] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- manifest files
+
+def write_manifest(records: list[Record], path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.parent.resolve()
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for r in records:
+            row = {k: getattr(r, k) for k in FIELDS}
+            row["path"] = _relative(r.path, base)
+            row["source"] = _relative(r.source, base) if r.source else ""
+            writer.writerow(row)
+
+
+def read_manifest(path: Path) -> list[Record]:
+    """Read a manifest; paths come back as given relative to the manifest's folder, made absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such manifest; make one with `wbcedge data index DIR --out {path}`")
+    base = path.parent.resolve()
+    out = []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(FIELDS) - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: not a wbcedge manifest (missing columns {sorted(missing)})")
+        for line, row in enumerate(reader, start=2):
+            try:
+                out.append(Record(path=os.path.normpath(base / row["path"]), label=row["label"],
+                                  sha256=row["sha256"], width=int(row["width"]), height=int(row["height"]),
+                                  split=row["split"],
+                                  source=os.path.normpath(base / row["source"]) if row["source"] else ""))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}, line {line}: malformed row ({e}); re-create the manifest with "
+                                 f"`wbcedge data index`") from None
+    return out
+
+
+def _relative(p: str, base: Path) -> str:
+    """`p` relative to `base` when they share a folder below the root, else absolute."""
+    resolved = Path(p).resolve()
+    try:
+        if Path(os.path.commonpath([resolved, base])) != Path(resolved.anchor):
+            return os.path.relpath(resolved, base)
+    except ValueError:  # another drive on Windows
+        pass
+    return str(resolved)
+
+
+def load_split(source: Path, split: str | None = None, seed: int = 0) -> list[Record]:
+    """Records of a manifest file, or of a class-folder tree (indexed on the fly, all in `split`)."""
+    source = Path(source)
+    if source.is_file():
+        records = read_manifest(source)
+        if split:
+            records = [r for r in records if r.split == split]
+            if not records:
+                raise ValueError(f"{source} has no rows in split '{split}': run `wbcedge data split` first")
+        return records
+    from wbcedge.data.index import index_folder
+
+    records = index_folder(source).records
+    for r in records:
+        r.split = split or "test"
+    return records
+
+
+def counts_by_split(records: list[Record]) -> dict[str, dict[str, int]]:
+    table = {c: {s: 0 for s in (*SPLITS, EXCLUDED)} for c in CLASSES}
+    for r in records:
+        if r.split in table.get(r.label, {}):
+            table[r.label][r.split] += 1
+    return table

@@ -1,0 +1,43 @@
+"""`wbcedge run --show`: the live window, boxes and running counts drawn with OpenCV.
+
+Needs a display and an OpenCV build with GUI support (Pi OS's and JetPack's system OpenCV
+have it; `opencv-python-headless` does not).
+"""
+
+from __future__ import annotations
+
+from wbcedge.device.pipeline import UNIDENTIFIED
+from wbcedge.errors import WbcedgeError
+
+
+class LiveWindow:
+    """Boxes, labels and running counts over each frame in an OpenCV window."""
+
+    def __init__(self, classes):
+        self.counts = {c: 0 for c in (*classes, UNIDENTIFIED)}
+
+    def update(self, frame, cells, counted) -> None:
+        import cv2
+        for c in counted:
+            self.counts[c.label] += 1
+        view = frame.image.copy()
+        for c in cells:
+            x0, y0, x1, y1 = c.box.box
+            cv2.rectangle(view, (x0, y0), (x1, y1), (0, 255, 0), 2)
+            cv2.putText(view, f"{c.label} {c.confidence:.2f}", (x0, max(12, y0 - 4)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
+        text = "  ".join(f"{k[:4]} {v}" for k, v in self.counts.items())
+        cv2.putText(view, text, (8, view.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+        try:
+            cv2.imshow("wbcedge", view)
+            cv2.waitKey(1)
+        except cv2.error as exc:
+            raise WbcedgeError(f"--show needs a display and an OpenCV build with GUI support ({exc}); "
+                               "run headless (the default) and open report.html instead") from exc
+
+    def close(self) -> None:
+        import cv2
+        try:
+            cv2.destroyAllWindows()
+        except cv2.error:
+            pass

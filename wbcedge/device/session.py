@@ -1,0 +1,157 @@
+"""A counting session: everything `wbcedge run` does, as one library call.
+
+    result = count_cells(CountOptions(source="frames/", count=200))
+    print(result.differential, result.session_dir)
+
+`CountOptions` validates every option when it is made (a bad value raises an
+`InputDataError` naming the option and its allowed range); `count_cells` checks the
+bundle, profile, source and output folder before the first frame is captured, runs
+the capture loop, and writes the session folder (SQLite records, crops,
+`differential.json`/`.csv`, `report.html`). A lost camera or a full disk ends the
+session with every cell recorded so far kept and reported (`result.error`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from wbcedge.errors import InputDataError
+
+SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "samples" / "frames"
+"""Six real BCCD frames shipped with the package: the default source of `wbcedge run`."""
+SESSIONS_DIR = Path("runs")
+
+
+def default_session_dir(now: float | None = None) -> Path:
+    """`runs/session-<date>-<time>`: a counting session folder (a training run lives in `training/runs/`)."""
+    return SESSIONS_DIR / time.strftime("session-%Y%m%d-%H%M%S", time.localtime(now))
+
+
+@dataclass
+class CountOptions:
+    """What to count and how; every field has a default and is checked when the options are made."""
+    source: str | None = None        # image, folder, glob or video; None with no camera: the built-in frames
+    camera: str | None = None        # auto, pi, jetson or a V4L2 index
+    bundle: Path | None = None       # None: the built-in bundle
+    profile: Path | None = None      # camera profile .toml
+    count: int | None = None         # stop after this many classified cells
+    out: Path | None = None          # the session folder; None: runs/session-<date>-<time>
+    backend: str | None = None       # tflite or onnx
+    precision: str | None = None     # int8 or fp32
+    threads: int | None = None
+    threshold: float | None = None   # confidence below which a cell is unidentified
+    reference: Path | None = None    # reference ranges for the flags
+    show: bool = False               # live OpenCV window
+
+    def __post_init__(self) -> None:
+        if self.count is not None and self.count <= 0:
+            raise InputDataError(f"--count {self.count}: give a positive number of cells, e.g. 100, 200 or 400")
+        if self.threads is not None and not 1 <= self.threads <= 256:
+            raise InputDataError(f"--threads {self.threads}: give a number of threads in [1, 256]")
+        if self.threshold is not None and not (isinstance(self.threshold, (int, float))
+                                               and not math.isnan(self.threshold) and 0.0 <= self.threshold <= 1.0):
+            raise InputDataError(f"--threshold {self.threshold}: give a confidence in [0, 1], e.g. 0.6")
+        if self.backend is not None and self.backend not in ("tflite", "onnx"):
+            raise InputDataError(f"--backend {self.backend}: choose tflite or onnx")
+        if self.precision is not None and self.precision not in ("int8", "fp32"):
+            raise InputDataError(f"--precision {self.precision}: choose int8 or fp32")
+
+    @property
+    def builtin_samples(self) -> bool:
+        return self.source is None and self.camera is None
+
+
+@dataclass
+class CountResult:
+    session_dir: Path
+    differential: dict
+    meta: dict
+    labels: list[str]
+    paths: dict = field(default_factory=dict)
+    frames_seen: int | None = None
+    frames_blurred: int | None = None
+    timing: dict | None = None
+    stop_reason: str = ""
+    error: str | None = None   # a lost camera or a failed disk; the session folder keeps what was recorded
+
+
+def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambda m: None,
+                on_warning: Callable[[str], None] = lambda m: None) -> CountResult:
+    """Run one counting session; everything that can be wrong is checked before the first frame."""
+    from wbcedge.bundle import BundleError, load_bundle
+    from wbcedge.device.capture import CameraProfile, open_source
+    from wbcedge.device.differential import ADULT_REFERENCE, differential, load_reference
+    from wbcedge.device.pipeline import CellPipeline, StopFlag, run_session
+    from wbcedge.device.records import OutputError, Recorder, read_cells
+    from wbcedge.device.report import write_outputs
+    from wbcedge.device.track import CellTracker
+
+    bundle = load_bundle(opts.bundle)
+    if not bundle.deployable:
+        raise BundleError(f"bundle {bundle.path} is not deployable: its export failed the accuracy gate "
+                          f"(see {bundle.path / 'report.md'}). Re-export it, or export with --force if you accept the loss")
+    profile = CameraProfile.load(opts.profile) if opts.profile else None
+    try:
+        reference = load_reference(opts.reference) if opts.reference else ADULT_REFERENCE
+    except (OSError, ValueError) as exc:
+        raise InputDataError(str(exc)) from None
+    src_arg = str(SAMPLE_FRAMES) if opts.builtin_samples else opts.source
+    out = Path(opts.out) if opts.out else default_session_dir()
+    try:
+        pipeline = CellPipeline(bundle, opts.backend, opts.precision, opts.threads, threshold=opts.threshold,
+                                um_per_px=profile.um_per_px if profile else None)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputDataError(str(exc)) from None
+    src = open_source(src_arg, opts.camera, profile, on_problem=on_warning)
+    try:
+        recorder = Recorder(out)
+    except OutputError:
+        src.close()
+        raise
+    meta: dict[str, Any] = {
+        "source": getattr(src, "label", src_arg), "builtin_samples": opts.builtin_samples,
+        "bundle": str(bundle.path), "model_file": pipeline.model_entry["file"], "threshold": pipeline.threshold,
+        "profile": profile.to_dict() if profile else None, "count_target": opts.count,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for k, v in meta.items():
+        recorder.set_meta(k, v)
+    on_message(f"counting white cells from {meta['source']} with {bundle.path.name}/{pipeline.model_entry['file']} -> {out}")
+
+    stop = StopFlag()
+    restore = stop.install()
+    window = None
+    if opts.show:
+        from wbcedge.device.display import LiveWindow
+        window = LiveWindow(bundle.classes)
+    result, error = None, None
+    try:
+        with src:
+            result = run_session(src, pipeline, recorder, CellTracker(tracking=src.is_stream), count_target=opts.count,
+                                 blur_threshold=profile.focus_threshold if profile else None, stop=stop,
+                                 on_frame=window.update if window else None)
+    except OutputError as exc:
+        error = str(exc)
+    finally:
+        restore()
+        if window:
+            window.close()
+    if result is None:  # the disk failed: report from what the database holds
+        labels = [c.label for c in read_cells(out)]
+        stop_reason = "output error"
+    else:
+        labels, stop_reason, error = result.labels, result.stop_reason, result.error
+    diff = differential(labels, bundle.classes, reference=reference)
+    meta.update(stop_reason=stop_reason, error=error, um_per_px=pipeline.um_per_px,
+                frames=result.frames_seen if result else None,
+                blurred_frames=result.frames_blurred if result else None, timing=result.timing if result else None)
+    recorder.set_meta("stop_reason", stop_reason)
+    recorder.close(finished=error is None)
+    paths = write_outputs(out, diff, meta)
+    return CountResult(session_dir=out, differential=diff, meta=meta, labels=labels, paths=paths,
+                       frames_seen=result.frames_seen if result else None,
+                       frames_blurred=result.frames_blurred if result else None,
+                       timing=result.timing if result else None, stop_reason=stop_reason, error=error)

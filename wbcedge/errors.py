@@ -1,0 +1,58 @@
+"""One error type for everything a user, a file or a machine can get wrong.
+
+Every expected failure raises a `WbcedgeError` (or a subclass) whose message says what
+happened and what to do next. `wbcedge.cli.main` catches it once, prints one
+`error: ...` line and exits with the subclass's `exit_code`; a traceback is shown only
+with `--debug` or `WBCEDGE_DEBUG=1`, because a traceback is for a bug, never for bad input.
+
+| exit | class | meaning |
+|---|---|---|
+| 1 | (not an error) | a check ran and failed: export gate, bench floor, data leak |
+| 2 | `WbcedgeError`, `InputDataError` | bad option value or bad input data |
+| 3 | `CameraError` | the camera is absent or was lost during a session |
+| 4 | `BundleError` | a bundle that is missing, malformed, tampered or not deployable |
+| 5 | `MissingDependencyError` | a runtime or an extra that is not installed |
+| 6 | `OutputFolderError` | an output folder that cannot be written or is in use |
+"""
+
+from __future__ import annotations
+
+
+class WbcedgeError(Exception):
+    """An expected failure: bad input, a bad file, a missing package. The message says what to do."""
+    exit_code = 2
+
+
+class InputDataError(WbcedgeError, ValueError):
+    """Bad input data or option values: an image, a data manifest, a config file, a number out of range."""
+    exit_code = 2
+
+
+class CameraError(WbcedgeError):
+    """A camera that is absent, cannot be opened, or stopped delivering frames."""
+    exit_code = 3
+
+
+class BundleFormatError(WbcedgeError, ValueError):
+    """A bundle that cannot be used: missing, malformed manifest, tampered file, not deployable."""
+    exit_code = 4
+
+
+class MissingDependencyError(WbcedgeError, RuntimeError):
+    """A model runtime or an optional extra that is not installed; the message names the pip command."""
+    exit_code = 5
+
+
+class OutputFolderError(WbcedgeError):
+    """An output folder that cannot be created, written, or is in use by another session."""
+    exit_code = 6
+
+
+EXIT_CODES = {
+    1: "a check ran and failed (export gate, bench floor, data leak)",
+    2: "bad option value or input data",
+    3: "camera absent or lost",
+    4: "bad bundle",
+    5: "missing runtime or extra",
+    6: "output folder problem",
+}
