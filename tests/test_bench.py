@@ -253,6 +253,7 @@ def test_device_path_never_imports_tensorflow_and_stage_times_add_up(tiny, frame
     assert "end to end" in proc.stdout and "stages miss the wall clock by" in proc.stdout
 
 
+@pytest.mark.train
 @pytest.mark.skipif(not HAS_TF, reason="the Keras baseline needs TensorFlow")
 def test_keras_baseline_is_measured_and_speedup_floor_checked(tiny, tmp_path) -> None:
     if tiny["run"] is None:

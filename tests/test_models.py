@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
+pytestmark = pytest.mark.train
 
 from wbcedge.train.models import MODEL_NAMES, create_model  # noqa: E402
 from wbcedge.train.models.applications import WeightsUnavailableError, backbone_of  # noqa: E402

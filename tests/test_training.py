@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.train
 
 from wbcedge.data import read_manifest  # noqa: E402
 from wbcedge.evaluation.evaluate import predict_records  # noqa: E402

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from wbcedge.errors import BundleFormatError
+from wbcedge.errors import BundleFormatError, InputDataError
 from wbcedge.preprocess import PreprocessSpec
 
 FORMAT = "wbcedge-bundle"
@@ -57,12 +57,10 @@ def verify_bundle(folder: Path) -> list[str]:
     """Everything wrong with a bundle folder, as sentences; an empty list means it verifies."""
     folder = Path(folder)
     path = folder / MANIFEST
-    if not path.is_file():
-        return [f"{path} is missing: not a wbcedge bundle (make one with `wbcedge export RUN --int8`)"]
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        return [f"{path} is not valid JSON ({exc})"]
+        manifest = read_manifest(folder)
+    except BundleError as exc:
+        return [str(exc)]
     problems = []
     if manifest.get("format") != FORMAT:
         problems.append(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
@@ -99,7 +97,10 @@ class Bundle:
 
     @property
     def spec(self) -> PreprocessSpec:
-        return PreprocessSpec.from_dict(self.manifest["preprocess"])
+        try:
+            return PreprocessSpec.from_dict(self.manifest["preprocess"])
+        except (InputDataError, TypeError) as exc:
+            raise BundleError(f"{self.path / MANIFEST}: its preprocessing spec is not usable ({exc})") from None
 
     @property
     def threshold(self) -> float:
@@ -142,7 +143,28 @@ def load_bundle(path: Path | None = None, verify: bool = True) -> Bundle:
         problems = verify_bundle(path)
         if problems:
             raise BundleError(f"bundle {path} failed verification:\n  " + "\n  ".join(problems))
-    return Bundle(path, json.loads((path / MANIFEST).read_text()))
+    return Bundle(path, read_manifest(path))
+
+
+REQUIRED_KEYS = {"classes": list, "preprocess": dict, "models": list, "files": dict}
+
+
+def read_manifest(folder: Path) -> dict:
+    """A bundle's manifest.json as a dict with the keys every command needs, or a `BundleError` saying what is wrong."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: not a wbcedge bundle (make one with `wbcedge export RUN --int8`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}): copy the bundle again from its source") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} holds a {type(manifest).__name__}, not a bundle manifest: copy the bundle again")
+    wrong = [f"'{k}' ({t.__name__})" for k, t in REQUIRED_KEYS.items() if not isinstance(manifest.get(k), t)]
+    if wrong:
+        raise BundleError(f"{path} lacks or has malformed {', '.join(wrong)}: re-export the bundle with "
+                          "`wbcedge export RUN --int8`")
+    return manifest
 
 
 def pack(folder: Path, archive: Path) -> Path:

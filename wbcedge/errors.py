@@ -8,7 +8,7 @@ with `--debug` or `WBCEDGE_DEBUG=1`, because a traceback is for a bug, never for
 | exit | class | meaning |
 |---|---|---|
 | 1 | (not an error) | a check ran and failed: export gate, bench floor, data leak |
-| 2 | `WbcedgeError`, `InputDataError` | bad option value or bad input data |
+| 2 | `WbcedgeError`, `InputDataError`, `InputFileMissingError` | bad option value or bad input data |
 | 3 | `CameraError` | the camera is absent or was lost during a session |
 | 4 | `BundleError` | a bundle that is missing, malformed, tampered or not deployable |
 | 5 | `MissingDependencyError` | a runtime or an extra that is not installed |
@@ -28,6 +28,11 @@ class InputDataError(WbcedgeError, ValueError):
     exit_code = 2
 
 
+class InputFileMissingError(InputDataError, FileNotFoundError):
+    """An input file or folder that does not exist (a data manifest, a run folder, a config)."""
+    exit_code = 2
+
+
 class CameraError(WbcedgeError):
     """A camera that is absent, cannot be opened, or stopped delivering frames."""
     exit_code = 3
@@ -35,6 +40,11 @@ class CameraError(WbcedgeError):
 
 class BundleFormatError(WbcedgeError, ValueError):
     """A bundle that cannot be used: missing, malformed manifest, tampered file, not deployable."""
+    exit_code = 4
+
+
+class ModelLoadError(BundleFormatError):
+    """A model file the runtime cannot load (damaged, or made for another runtime version)."""
     exit_code = 4
 
 

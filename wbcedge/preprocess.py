@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from wbcedge.errors import InputDataError, InputFileMissingError
+
 SPEC_FILE = "preprocess.json"
 
 
@@ -48,7 +50,7 @@ class PreprocessSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"preprocessing spec has unknown keys {sorted(unknown)}; "
+            raise InputDataError(f"preprocessing spec has unknown keys {sorted(unknown)}; "
                              f"this wbcedge understands {sorted(known)}: upgrade wbcedge or re-export the bundle")
         return cls(**data)
 
@@ -61,7 +63,7 @@ class PreprocessSpec:
     def load(cls, folder: Path) -> "PreprocessSpec":
         path = Path(folder) / SPEC_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: a run folder or bundle must carry its preprocessing spec")
+            raise InputFileMissingError(f"{path} is missing: a run folder or bundle must carry its preprocessing spec")
         return cls.from_dict(json.loads(path.read_text()))
 
 
@@ -114,17 +116,17 @@ def crop_around_cell(frame_bgr: np.ndarray, box: tuple[int, int, int, int], spec
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file as 8-bit BGR, or raise ValueError naming the file and the problem."""
+    """Read an image file as 8-bit BGR, or raise InputDataError (a ValueError) naming the file and the problem."""
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
-        raise ValueError(f"{path}: empty file")
+        raise InputDataError(f"{path}: empty file")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ValueError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
+        raise InputDataError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
     if image.dtype == np.uint16:
         image = (image // 257).astype(np.uint8)
     elif image.dtype != np.uint8:
-        raise ValueError(f"{path}: unsupported pixel type {image.dtype}")
+        raise InputDataError(f"{path}: unsupported pixel type {image.dtype}")
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     elif image.shape[2] == 4:

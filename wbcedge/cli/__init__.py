@@ -11,10 +11,36 @@ import os
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from wbcedge import __version__
 
+DEBUG_ENV = "WBCEDGE_DEBUG"
+
+
+class _OneErrorLine(TyperGroup):
+    """The root command: every expected failure (a `WbcedgeError`) ends as one `error:` line.
+
+    Catching here rather than only in `main` means `CliRunner` tests and `python -m wbcedge`
+    behave the same. Exit codes per kind are in `wbcedge.errors` and the README; `--debug`
+    or WBCEDGE_DEBUG=1 lets the traceback through.
+    """
+
+    def invoke(self, ctx: typer.Context):
+        from wbcedge.errors import WbcedgeError
+
+        try:
+            return super().invoke(ctx)
+        except WbcedgeError as exc:
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            from wbcedge.cli.common import print_error
+            print_error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+
+
 app = typer.Typer(
+    cls=_OneErrorLine,
     name="wbcedge",
     help=(
         "White blood cell classifiers from GPU box to microscope.\n\n"
@@ -33,9 +59,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-DEBUG_ENV = "WBCEDGE_DEBUG"
-
-
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
@@ -52,22 +75,8 @@ from wbcedge.cli import bench_cmd, bundle_cmd, data_cmd, evaluate_cmd, export_cm
 
 
 def main() -> None:
-    """The console entry point: every expected failure (a `WbcedgeError`) ends as one `error:` line.
-
-    Exit codes per kind are listed in `wbcedge.errors` and the README; `--debug` or
-    WBCEDGE_DEBUG=1 re-raises so the traceback shows.
-    """
-    from wbcedge.errors import WbcedgeError
-
-    try:
-        app(args=bare_camera_means_auto(sys.argv[1:]))
-    except WbcedgeError as exc:
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-            raise
-        from wbcedge.cli.common import err_console
-        err_console.print("[bold red]error:[/] ", end="", highlight=False)
-        err_console.print(str(exc), markup=False, highlight=False)
-        sys.exit(exc.exit_code)
+    """The console entry point; expected failures become one `error:` line (see `_OneErrorLine`)."""
+    app(args=bare_camera_means_auto(sys.argv[1:]))
 
 
 def bare_camera_means_auto(argv: list[str]) -> list[str]:

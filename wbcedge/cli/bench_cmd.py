@@ -13,18 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, err_console, write_json
-from wbcedge.cli.common import fail as _fail
+from wbcedge.cli.common import JSON_OPTION, console, err_console, fail, print_error, write_json
 
 FLOOR_HELP = ("Fail (exit 1) when a figure breaks a bound: [BACKEND[/PRECISION[/THREADS]]:]METRIC(>=|<=|=)VALUE, "
               "e.g. fps=30, speedup=10, p50_ms<=5, tflite/int8:p99_ms<=8, accuracy>=95. '=' means at least for "
               "fps, throughput, speedup, accuracy (percent) and at most for p50_ms, p90_ms, p99_ms, first_ms, load_ms, "
               "rss_mb, size_mb, spread_pct, stage_gap_pct. Repeat the option for several floors.")
-
-
-def fail(message: str):
-    """common.fail, with the message taken literally (floor syntax and paths hold square brackets)."""
-    _fail(escape(message))
 
 
 def _csv(value: str | None, what: str, allowed: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
@@ -72,7 +66,6 @@ def bench_cmd(
 ) -> None:
     """Benchmark a bundle on this machine: latency, load time, memory, size, accuracy, pipeline frames/s."""
     from wbcedge.bench.runner import (
-        BenchError,
         BenchOptions,
         check_floors,
         compare,
@@ -87,7 +80,7 @@ def bench_cmd(
         rows_table,
         run_bench,
     )
-    from wbcedge.bundle import BundleError, load_bundle
+    from wbcedge.bundle import load_bundle
 
     thread_list = None
     if threads is not None:
@@ -97,15 +90,9 @@ def bench_cmd(
             fail(f"--threads {threads}: give whole numbers separated by commas, e.g. 1,2,4")
     if pipeline_frames < 1:
         fail(f"--pipeline-frames {pipeline_frames}: give at least 1")
-    try:
-        parsed_floors = [parse_floor(f) for f in floors or []]
-        old = load_result(compare_to) if compare_to else None
-    except BenchError as e:
-        fail(str(e))
-    try:
-        b = load_bundle(bundle)
-    except BundleError as e:
-        fail(str(e))
+    parsed_floors = [parse_floor(f) for f in floors or []]
+    old = load_result(compare_to) if compare_to else None
+    b = load_bundle(bundle)
     if not b.deployable:
         err_console.print(f"[yellow]warning:[/] {escape(str(b.path))} is not deployable (its export failed the "
                           "accuracy gate); benchmarking it anyway", highlight=False)
@@ -113,10 +100,7 @@ def bench_cmd(
                         precisions=_csv(precision, "precision", ("int8", "fp16", "fp32")),
                         threads=thread_list, runs=runs, warmup=warmup, repeats=repeats, data=data, frames=frames,
                         pipeline=pipeline, pipeline_frames=pipeline_frames, baseline=baseline, keras_run=keras_run)
-    try:
-        result = run_bench(b, opts, progress=_progress)
-    except BenchError as e:
-        fail(str(e))
+    result = run_bench(b, opts, progress=_progress)
 
     # Piped into a file or a CI log, rich would fold the table at 80 columns: give it room there.
     # With --json - the JSON owns stdout: the tables go to stderr.
@@ -150,7 +134,7 @@ def bench_cmd(
     show.print(f"results: {saved}", highlight=False, soft_wrap=True)
     write_json(json_path, result)
     if broken:
-        err_console.print(f"[bold red]error:[/] {len(broken)} floor{'s' * (len(broken) > 1)} broken:", highlight=False)
+        print_error(f"{len(broken)} floor{'s' * (len(broken) > 1)} broken:")
         for line in broken:
             err_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)

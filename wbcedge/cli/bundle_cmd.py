@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, fail, write_json
+from wbcedge.cli.common import JSON_OPTION, console, print_error, write_json
 
 bundle_app = typer.Typer(help="Inspect, verify, pack and unpack model bundles.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle", rich_help_panel="On the device (no TensorFlow)")
@@ -19,12 +19,9 @@ app.add_typer(bundle_app, name="bundle", rich_help_panel="On the device (no Tens
 def inspect_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archive (default: the built-in one)."),
                 json_path: Path = JSON_OPTION) -> None:
     """Print what a bundle holds: classes, preprocessing, model files and their gate results."""
-    from wbcedge.bundle import BundleError, load_bundle, verify_bundle
+    from wbcedge.bundle import load_bundle, verify_bundle
 
-    try:
-        b = load_bundle(bundle, verify=False)
-    except BundleError as e:
-        fail(str(e))
+    b = load_bundle(bundle, verify=False)
     m = b.manifest
     problems = verify_bundle(b.path)
     console.print(f"[bold]{b.path}[/]  format {m.get('format')} v{m.get('format_version')}, created {m.get('created')}, "
@@ -47,18 +44,16 @@ def inspect_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archi
 def verify_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archive (default: the built-in one)."),
                json_path: Path = JSON_OPTION) -> None:
     """Check every file's sha256 and the format version; exit 1 on any problem."""
-    from wbcedge.bundle import DEFAULT_BUNDLE, BundleError, load_bundle, verify_bundle
+    from wbcedge.bundle import DEFAULT_BUNDLE, load_bundle, verify_bundle
 
-    try:
-        b = load_bundle(bundle, verify=False)
-    except BundleError as e:
-        fail(str(e))
+    b = load_bundle(bundle, verify=False)
     problems = verify_bundle(b.path)
     write_json(json_path, {"path": str(b.path), "ok": not problems, "problems": problems})
     if problems:
         for p in problems:
             console.print(f"[red]x[/] {p}", highlight=False)
-        fail(f"bundle {bundle or DEFAULT_BUNDLE} failed verification ({len(problems)} problem(s))", code=1)
+        print_error(f"bundle {bundle or DEFAULT_BUNDLE} failed verification ({len(problems)} problem(s))")
+        raise typer.Exit(1)
     console.print(f"[green]ok[/] {b.path}: {len(b.manifest['files'])} files match the manifest, format v{b.manifest['format_version']}")
 
 
@@ -66,12 +61,9 @@ def verify_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archiv
 def pack_cmd(bundle: Path = typer.Argument(..., help="Bundle folder."),
              out: Path = typer.Option(None, "--out", "-o", help="Archive path (default: BUNDLE.tar.gz).")) -> None:
     """Pack a verified bundle folder into one .tar.gz file."""
-    from wbcedge.bundle import BundleError, load_bundle, pack
+    from wbcedge.bundle import load_bundle, pack
 
-    try:
-        b = load_bundle(bundle)
-    except BundleError as e:
-        fail(str(e))
+    b = load_bundle(bundle)
     archive = pack(b.path, out or bundle.with_name(bundle.name + ".tar.gz"))
     console.print(f"wrote {archive}")
 
@@ -80,11 +72,8 @@ def pack_cmd(bundle: Path = typer.Argument(..., help="Bundle folder."),
 def unpack_cmd(archive: Path = typer.Argument(..., help="A bundle .tar.gz."),
                dest: Path = typer.Argument(..., help="Folder to unpack into.")) -> None:
     """Unpack and verify an archive; never writes outside DEST."""
-    from wbcedge.bundle import BundleError, load_bundle, unpack
+    from wbcedge.bundle import load_bundle, unpack
 
-    try:
-        unpack(archive, dest)
-        load_bundle(dest)
-    except BundleError as e:
-        fail(str(e))
+    unpack(archive, dest)
+    load_bundle(dest)
     console.print(f"unpacked and verified {dest}")

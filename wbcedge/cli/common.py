@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from wbcedge.errors import InputDataError
 from wbcedge.jsonable import to_jsonable
 
 # Piped or logged output gets 120 columns rather than rich's 80, so tables stay one row per line.
@@ -17,10 +18,15 @@ console = Console(stderr=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, soft_wrap=True)  # errors keep paths on one line
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one clear error line (what happened, what to do) and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
+def fail(message: str) -> NoReturn:
+    """Refuse an option value or combination: one clear error line (what happened, what to do), exit 2."""
+    raise InputDataError(message)
+
+
+def print_error(message: str) -> None:
+    """The one `error:` line; the message is printed literally (paths and floors hold square brackets)."""
+    err_console.print("[bold red]error:[/] ", end="", highlight=False)
+    err_console.print(message, markup=False, highlight=False)
 
 
 def write_json(path: Path | None, data: Any) -> None:

@@ -27,27 +27,20 @@ def evaluate_cmd(
         return _evaluate_frames(frames, model, json_path)
     if model is None or data is None:
         fail("give MODEL and --data (a manifest or a class-folder tree), or --frames DIR for the locator")
-    from wbcedge.bundle import BundleError
     from wbcedge.data import load_split
     from wbcedge.evaluation import metrics
     from wbcedge.evaluation.evaluate import predict_records
     from wbcedge.train.run_folder import open_model
 
-    try:
-        records = load_split(data, split if data.is_file() else None)
-        predictor = open_model(model, backend, precision)
-        y_true, probs = predict_records(predictor, records)
-    except (FileNotFoundError, ValueError, BundleError) as e:
-        fail(str(e))
+    records = load_split(data, split if data.is_file() else None)
+    predictor = open_model(model, backend, precision)
+    y_true, probs = predict_records(predictor, records)
     results = metrics.classification_results(y_true, probs, predictor.classes)
     results["model"], results["data"], results["split"] = str(model), str(data), split
     console.print(metrics.format_table(results, title=f"{model.name} on {data.name} ({len(records)} images)"))
     if compare is not None:
-        try:
-            other = open_model(compare, backend, precision)
-            _, probs_b = predict_records(other, records)
-        except (FileNotFoundError, ValueError, BundleError) as e:
-            fail(str(e))
+        other = open_model(compare, backend, precision)
+        _, probs_b = predict_records(other, records)
         results_b = metrics.classification_results(y_true, probs_b, other.classes)
         test = metrics.mcnemar(y_true, probs, probs_b, names=(str(model), str(compare)))
         console.print(metrics.compare_markdown(results, results_b, test, names=(str(model), str(compare))))
@@ -92,15 +85,12 @@ def _frame_types(bundle: Path | None, images: Path, annotations: Path, types_csv
     """Another microscope: classify the annotated boxes, then the whole pipeline per frame."""
     from rich.table import Table
 
-    from wbcedge.bundle import DEFAULT_BUNDLE, BundleError
+    from wbcedge.bundle import DEFAULT_BUNDLE
     from wbcedge.evaluation import metrics
     from wbcedge.evaluation.evaluate import evaluate_box_crops, evaluate_frame_types
     from wbcedge.train.run_folder import open_model
 
-    try:
-        predictor = open_model(bundle or DEFAULT_BUNDLE)
-    except (BundleError, FileNotFoundError) as e:
-        fail(str(e))
+    predictor = open_model(bundle or DEFAULT_BUNDLE)
     y, probs, names = evaluate_box_crops(predictor, images, annotations, types_csv)
     boxes = metrics.classification_results(y, probs, predictor.classes)
     console.print(metrics.format_table(boxes, title=f"Classifier on the annotated WBC boxes ({len(names)} single-cell frames)"))

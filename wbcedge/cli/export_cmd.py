@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, err_console, fail, write_json
+from wbcedge.cli.common import JSON_OPTION, console, fail, print_error, write_json
 
 
 @app.command("export", rich_help_panel="On the training box")
@@ -56,13 +56,11 @@ def export_cmd(
         report = export(run, out, opts, progress=lambda m: console.print(m, highlight=False))
     except GateFailed as e:
         failed, report = e, e.report
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
     console.print(_table(report))
     console.print(f"bundle: {out}" + (" (NOT deployable)" if failed else "") + f"; report: {out / 'report.md'}")
     write_json(json_path, report)
     if failed:
-        err_console.print(f"[bold red]error:[/] {failed}", highlight=False)
+        print_error(str(failed))
         raise typer.Exit(1)
 
 

@@ -47,11 +47,7 @@ def train_cmd(
     cfg = replace(cfg, **overrides)
     if not cfg.manifest:
         fail("no manifest: give MANIFEST (from `wbcedge data split`) or a --config that names one")
-    from wbcedge.train.models.applications import WeightsUnavailableError
-    try:
-        summary = train(cfg, out, progress=lambda m: console.print(m, highlight=False))
-    except (FileNotFoundError, ValueError, WeightsUnavailableError) as e:
-        fail(str(e))
+    summary = train(cfg, out, progress=lambda m: console.print(m, highlight=False))
     table = Table(title=f"Trained {cfg.model}")
     table.add_column("run folder")
     table.add_column("parameters", justify="right")

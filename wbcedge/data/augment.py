@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from wbcedge.data.manifest import Problem, Record
+from wbcedge.errors import InputDataError
 from wbcedge.labels import CLASSES
 from wbcedge.parallel import parallel_map as _parallel_map
 from wbcedge.preprocess import read_image
@@ -114,15 +115,15 @@ def augment_records(records: list[Record], out_dir: Path, per_class: int = 4000,
     """
     out_dir = Path(out_dir)
     if per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}")
+        raise InputDataError(f"per_class must be at least 1, got {per_class}")
     if seed < 0:
-        raise ValueError(f"seed must be 0 or more, got {seed}")
+        raise InputDataError(f"seed must be 0 or more, got {seed}")
     if any(r.source for r in records):
-        raise ValueError("this manifest already holds augmented rows: augment the manifest written by "
+        raise InputDataError("this manifest already holds augmented rows: augment the manifest written by "
                          "`wbcedge data split`, not an augmented one")
     train = [r for r in records if r.split == "train"]
     if not train:
-        raise ValueError("the manifest has no train rows: run `wbcedge data split MANIFEST` first")
+        raise InputDataError("the manifest has no train rows: run `wbcedge data split MANIFEST` first")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty: choose a new --out folder, or delete it")
     jobs: list[_AugmentJob] = []

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from wbcedge.data.manifest import HUGE_SIDE, IMAGE_SUFFIXES, TINY_SIDE, IndexResult, Problem, Record
+from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.labels import CLASSES, SKIP, UnknownClassError, normalize_class
 from wbcedge.parallel import parallel_map as _parallel_map
 
@@ -69,11 +70,11 @@ def index_folder(root: Path, class_map: dict[str, str] | None = None, workers: i
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder: give a folder with one sub-folder per class")
+        raise InputFileMissingError(f"{root} is not a folder: give a folder with one sub-folder per class")
     entries = sorted(root.iterdir())
     class_dirs = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
     if not class_dirs:
-        raise ValueError(f"{root} has no class sub-folders: expected e.g. {root}/neutrophil/*.jpg")
+        raise InputDataError(f"{root} has no class sub-folders: expected e.g. {root}/neutrophil/*.jpg")
     labels: dict[Path, str] = {}
     unknown: list[str] = []
     for d in class_dirs:

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.labels import CLASSES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -74,14 +75,14 @@ def read_manifest(path: Path) -> list[Record]:
     """Read a manifest; paths come back as given relative to the manifest's folder, made absolute."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such manifest; make one with `wbcedge data index DIR --out {path}`")
+        raise InputFileMissingError(f"{path}: no such manifest; make one with `wbcedge data index DIR --out {path}`")
     base = path.parent.resolve()
     out = []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = set(FIELDS) - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: not a wbcedge manifest (missing columns {sorted(missing)})")
+            raise InputDataError(f"{path}: not a wbcedge manifest (missing columns {sorted(missing)})")
         for line, row in enumerate(reader, start=2):
             try:
                 out.append(Record(path=os.path.normpath(base / row["path"]), label=row["label"],
@@ -89,7 +90,7 @@ def read_manifest(path: Path) -> list[Record]:
                                   split=row["split"],
                                   source=os.path.normpath(base / row["source"]) if row["source"] else ""))
             except (TypeError, ValueError) as e:
-                raise ValueError(f"{path}, line {line}: malformed row ({e}); re-create the manifest with "
+                raise InputDataError(f"{path}, line {line}: malformed row ({e}); re-create the manifest with "
                                  f"`wbcedge data index`") from None
     return out
 
@@ -113,7 +114,7 @@ def load_split(source: Path, split: str | None = None, seed: int = 0) -> list[Re
         if split:
             records = [r for r in records if r.split == split]
             if not records:
-                raise ValueError(f"{source} has no rows in split '{split}': run `wbcedge data split` first")
+                raise InputDataError(f"{source} has no rows in split '{split}': run `wbcedge data split` first")
         return records
     from wbcedge.data.index import index_folder
 

@@ -8,6 +8,7 @@ import random
 from collections import defaultdict
 
 from wbcedge.data.manifest import EXCLUDED, SPLITS, Problem, Record
+from wbcedge.errors import InputDataError
 
 # ---------------------------------------------------------------- splitting
 
@@ -45,15 +46,15 @@ def split_records(records: list[Record], seed: int = 0, test_per_class: int | No
     or removing a class leaves the other classes' splits as they were.
     """
     if (test_per_class is None) == (test_fraction is None):
-        raise ValueError("choose one protocol: test_per_class (paper) or test_fraction")
+        raise InputDataError("choose one protocol: test_per_class (paper) or test_fraction")
     if test_per_class is not None and test_per_class < 0:
-        raise ValueError(f"test_per_class must be 0 or more, got {test_per_class}")
+        raise InputDataError(f"test_per_class must be 0 or more, got {test_per_class}")
     if test_fraction is not None and not 0 <= test_fraction < 1:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        raise InputDataError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InputDataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if any(r.source for r in records):
-        raise ValueError("this manifest holds augmented rows: split the manifest written by `wbcedge data "
+        raise InputDataError("this manifest holds augmented rows: split the manifest written by `wbcedge data "
                          "index`, then augment its train split")
     groups = leak_groups(records)
     problems = []
@@ -73,7 +74,7 @@ def split_records(records: list[Record], seed: int = 0, test_per_class: int | No
         n_images = sum(len(g) for g in class_groups)
         n_test = test_per_class if test_per_class is not None else round(n_images * test_fraction)
         if n_test >= n_images:
-            raise ValueError(f"class {label} has {n_images} images, not enough for {n_test} test images "
+            raise InputDataError(f"class {label} has {n_images} images, not enough for {n_test} test images "
                              f"and a train split: ask for fewer test images per class")
         taken = 0
         rest: list[list[Record]] = []

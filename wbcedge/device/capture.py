@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 import cv2
 import numpy as np
 
-from wbcedge.errors import CameraError, InputDataError
+from wbcedge.errors import CameraError, InputDataError, MissingDependencyError
 from wbcedge.preprocess import read_image
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,14 @@ DEFAULT_BLUR_THRESHOLD = 50.0
 
 class SourceError(InputDataError):
     """A frame source that cannot be opened: a missing path, an unknown format, no camera."""
+
+
+class CameraUnavailableError(CameraError, SourceError):
+    """A camera that is absent or cannot be opened or configured (exit code 3, like a lost camera)."""
+
+
+class CameraDriverMissingError(MissingDependencyError, SourceError):
+    """The camera's Python driver (picamera2) is not importable: install it (exit code 5)."""
 
 
 class CameraLostError(CameraError):
@@ -468,7 +476,7 @@ class OpenCVCameraSource(LiveSource):
         self._cap = self._open()
         if not self._cap.isOpened():
             self._cap.release()
-            raise SourceError(f"camera {label} could not be opened. Check it is connected (`v4l2-ctl --list-devices`), "
+            raise CameraUnavailableError(f"camera {label} could not be opened. Check it is connected (`v4l2-ctl --list-devices`), "
                               f"that no other program uses it, and that this user may open it (group 'video').")
 
     def _open(self) -> Any:
@@ -534,14 +542,14 @@ class PiCameraSource(LiveSource):
             try:
                 from picamera2 import Picamera2 as picamera2_class  # only on a Pi, from apt
             except ImportError as exc:
-                raise SourceError(
+                raise CameraDriverMissingError(
                     f"picamera2 is not importable ({exc}). On Raspberry Pi OS: `sudo apt install python3-picamera2`, "
                     f"and create the venv with `python3 -m venv --system-site-packages` (see docs/runner.md)."
                 ) from None
         try:
             cam = picamera2_class(camera_num)
         except Exception as exc:
-            raise SourceError(f"Raspberry Pi camera {camera_num} could not be opened ({exc}). "
+            raise CameraUnavailableError(f"Raspberry Pi camera {camera_num} could not be opened ({exc}). "
                               f"Check the ribbon cable and `rpicam-hello --list-cameras`.") from None
         self._cam = cam
         try:
@@ -562,7 +570,7 @@ class PiCameraSource(LiveSource):
             try:
                 cam.close()
             finally:
-                raise SourceError(f"Raspberry Pi camera {camera_num} could not be configured for profile "
+                raise CameraUnavailableError(f"Raspberry Pi camera {camera_num} could not be configured for profile "
                                   f"'{self.profile.name}' ({exc}). Try a resolution the sensor offers.") from None
 
     def _read(self) -> np.ndarray | None:
@@ -703,7 +711,7 @@ def open_camera(camera: str, profile: CameraProfile | None = None, *, retry: Ret
         if not sensor.isdigit():
             raise SourceError(f"--camera {camera}: the Jetson sensor id must be a number, e.g. jetson:1")
         if not opencv_has_gstreamer():
-            raise SourceError("this OpenCV was built without GStreamer, which the Jetson CSI camera needs "
+            raise CameraDriverMissingError("this OpenCV was built without GStreamer, which the Jetson CSI camera needs "
                               "(pip wheels lack it). Use JetPack's OpenCV: create the venv with "
                               "--system-site-packages and do not pip-install opencv there; or use a USB camera "
                               "with --camera 0.")

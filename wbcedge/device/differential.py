@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.labels import CLASSES, normalize_class
 
 # Typical adult reference ranges, percent of white cells. Laboratory manuals commonly
@@ -130,7 +131,7 @@ def load_reference(path: str | Path) -> dict[str, tuple[float, float]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"reference range file {path} does not exist")
+        raise InputFileMissingError(f"reference range file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":
@@ -142,9 +143,9 @@ def load_reference(path: str | Path) -> dict[str, tuple[float, float]]:
         else:
             data = json.loads(text)
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ValueError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}") from None
+        raise InputDataError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of cell type to [low, high] percent")
+        raise InputDataError(f"{path}: expected a mapping of cell type to [low, high] percent")
     ranges: dict[str, tuple[float, float]] = {}
     for key, value in data.items():
         if key in ("name", "source"):
@@ -154,10 +155,10 @@ def load_reference(path: str | Path) -> dict[str, tuple[float, float]]:
             value = (value.get("low"), value.get("high"))
         if (not isinstance(value, (list, tuple)) or len(value) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            raise ValueError(f"{path}: {key} must be [low, high] in percent, got {value!r}")
+            raise InputDataError(f"{path}: {key} must be [low, high] in percent, got {value!r}")
         low, high = float(value[0]), float(value[1])
         if not 0.0 <= low <= high <= 100.0:
-            raise ValueError(f"{path}: {key} range {low}-{high} must satisfy 0 <= low <= high <= 100")
+            raise InputDataError(f"{path}: {key} range {low}-{high} must satisfy 0 <= low <= high <= 100")
         ranges[cls] = (low, high)
     return ranges
 

@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 import cv2
 import numpy as np
 
-from wbcedge.errors import OutputFolderError
+from wbcedge.errors import InputFileMissingError, OutputFolderError
 
 DB_FILE = "cells.db"
 CROPS_DIR = "crops"
@@ -318,7 +318,7 @@ def open_run(run_dir: Path | str) -> sqlite3.Connection:
     """Open a run folder's database for reading; raises FileNotFoundError naming the folder."""
     path = Path(run_dir) / DB_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: {DB_FILE} is missing")
+        raise InputFileMissingError(f"{run_dir} is not a session folder: {DB_FILE} is missing")
     return sqlite3.connect(str(path))
 
 

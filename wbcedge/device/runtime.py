@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wbcedge.errors import MissingDependencyError
+from wbcedge.errors import BundleFormatError, MissingDependencyError, ModelLoadError
 
 BACKENDS = ("tflite", "onnx")
 
@@ -27,7 +27,7 @@ def backend_of(path: Path) -> str:
         return "tflite"
     if suffix == ".onnx":
         return "onnx"
-    raise ValueError(f"{path}: unknown model format '{suffix}'; expected .tflite or .onnx")
+    raise BundleFormatError(f"{path}: unknown model format '{suffix}'; expected .tflite or .onnx")
 
 
 def _tflite_interpreter_class():
@@ -52,13 +52,19 @@ class Classifier:
     def __init__(self, model_path: Path, threads: int | None = None):
         self.path = Path(model_path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: model file not found")
+            raise BundleFormatError(f"{self.path}: model file not found; copy the bundle again from its source")
         self.backend = backend_of(self.path)
         self.threads = threads or min(4, os.cpu_count() or 1)
-        if self.backend == "tflite":
-            self._init_tflite()
-        else:
-            self._init_onnx()
+        init = self._init_tflite if self.backend == "tflite" else self._init_onnx
+        try:
+            init()
+        except MissingDependencyError:
+            raise
+        except Exception as exc:  # runtimes raise anything on a bad file: ValueError, RuntimeError, their own types
+            raise ModelLoadError(
+                f"{self.path}: the {self.backend} runtime cannot load this model file ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}). Re-export the bundle, or "
+                "install the runtime versions it was made with (see its manifest.json 'versions')") from exc
 
     # ---- TFLite
     def _init_tflite(self) -> None:

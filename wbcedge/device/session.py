@@ -95,17 +95,11 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
         raise BundleError(f"bundle {bundle.path} is not deployable: its export failed the accuracy gate "
                           f"(see {bundle.path / 'report.md'}). Re-export it, or export with --force if you accept the loss")
     profile = CameraProfile.load(opts.profile) if opts.profile else None
-    try:
-        reference = load_reference(opts.reference) if opts.reference else ADULT_REFERENCE
-    except (OSError, ValueError) as exc:
-        raise InputDataError(str(exc)) from None
+    reference = load_reference(opts.reference) if opts.reference else ADULT_REFERENCE
     src_arg = str(SAMPLE_FRAMES) if opts.builtin_samples else opts.source
     out = Path(opts.out) if opts.out else default_session_dir()
-    try:
-        pipeline = CellPipeline(bundle, opts.backend, opts.precision, opts.threads, threshold=opts.threshold,
-                                um_per_px=profile.um_per_px if profile else None)
-    except (FileNotFoundError, ValueError) as exc:
-        raise InputDataError(str(exc)) from None
+    pipeline = CellPipeline(bundle, opts.backend, opts.precision, opts.threads, threshold=opts.threshold,
+                            um_per_px=profile.um_per_px if profile else None)
     src = open_source(src_arg, opts.camera, profile, on_problem=on_warning)
     try:
         recorder = Recorder(out)

@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from wbcedge.device.locate import LocatorConfig, estimate_um_per_px, locate_cells, measure_cell_fraction
+from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.preprocess import read_image
 
 Box = tuple[int, int, int, int]
@@ -40,7 +41,7 @@ def read_voc_boxes(xml_path: Path | str, name: str = "WBC") -> list[Box]:
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable VOC annotation ({exc})") from exc
+        raise InputDataError(f"{path}: not a readable VOC annotation ({exc})") from exc
     boxes: list[Box] = []
     for obj in root.iter("object"):
         label = (obj.findtext("name") or "").strip()
@@ -48,11 +49,11 @@ def read_voc_boxes(xml_path: Path | str, name: str = "WBC") -> list[Box]:
             continue
         bnd = obj.find("bndbox")
         if bnd is None:
-            raise ValueError(f"{path}: object '{label}' has no <bndbox>")
+            raise InputDataError(f"{path}: object '{label}' has no <bndbox>")
         try:
             x0, y0, x1, y1 = (int(round(float(bnd.findtext(k)))) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: object '{label}' has a malformed <bndbox>") from exc
+            raise InputDataError(f"{path}: object '{label}' has a malformed <bndbox>") from exc
         boxes.append((x0, y0, x1, y1))
     return boxes
 
@@ -100,16 +101,16 @@ def evaluate_localization(frames_dir: Path | str, annotations_dir: Path | str, i
     """
     frames_dir, annotations_dir = Path(frames_dir), Path(annotations_dir)
     if not frames_dir.is_dir():
-        raise FileNotFoundError(f"{frames_dir}: no such frames folder")
+        raise InputFileMissingError(f"{frames_dir}: no such frames folder")
     if not annotations_dir.is_dir():
-        raise FileNotFoundError(f"{annotations_dir}: no such annotations folder (VOC .xml files expected)")
+        raise InputFileMissingError(f"{annotations_dir}: no such annotations folder (VOC .xml files expected)")
     frames = {p.stem: p for p in sorted(frames_dir.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES}
     stems = sorted(p.stem for p in annotations_dir.glob("*.xml") if p.stem in frames)
     if names is not None:
         wanted = set(names)
         stems = [s for s in stems if s in wanted]
     if not stems:
-        raise ValueError(f"no frame in {frames_dir} has an annotation in {annotations_dir}"
+        raise InputDataError(f"no frame in {frames_dir} has an annotation in {annotations_dir}"
                          + (" among the names asked for" if names is not None else ""))
     n_gt = n_pred = tp = 0
     ratios: list[float] = []
@@ -190,7 +191,7 @@ def measure_fractions(crops_root: Path | str, per_class: int = 300, seed: int = 
     files = {c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) for c in classes}
     files = {k: v for k, v in files.items() if v}
     if not files:
-        raise FileNotFoundError(f"{root}: expected one folder of single-cell crops per class")
+        raise InputFileMissingError(f"{root}: expected one folder of single-cell crops per class")
     rng = random.Random(seed)
     if um_per_px == "auto":
         pool = [p for v in files.values() for p in v]

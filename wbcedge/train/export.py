@@ -19,6 +19,7 @@ import numpy as np
 
 from wbcedge.bundle import pack, write_manifest
 from wbcedge.data import Record, read_manifest
+from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.evaluation.metrics import classification_results
 from wbcedge.labels import CLASSES
 
@@ -54,7 +55,7 @@ class ExportOptions:
         allowed = {f for f in cls.__dataclass_fields__ if f != "calibration_override"}
         unknown = set(data) - allowed
         if unknown:
-            raise ValueError(f"unknown export settings {sorted(unknown)}; known: {sorted(allowed)}")
+            raise InputDataError(f"unknown export settings {sorted(unknown)}; known: {sorted(allowed)}")
         if "formats" in data:
             data["formats"] = tuple(data["formats"])
         return cls(**data)
@@ -90,7 +91,7 @@ def _resolve_manifest(run_dir: Path, override: str | None) -> Path:
     for candidate in (Path(config["manifest"]), run_dir / config["manifest"]):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"the training manifest {config['manifest']} of {run_dir} is not here: "
+    raise InputFileMissingError(f"the training manifest {config['manifest']} of {run_dir} is not here: "
                             "pass the split manifest with --data MANIFEST")
 
 
@@ -110,13 +111,13 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     records = read_manifest(manifest_path)
     test = [r for r in records if r.split == "test"]
     if not test:
-        raise ValueError(f"{manifest_path} has no test split to check the export on: run `wbcedge data split`")
+        raise InputDataError(f"{manifest_path} has no test split to check the export on: run `wbcedge data split`")
 
     calib_recs = calibration_records(records, opts.calib, opts.seed)
     batch_size = int(json.loads((run_dir / "config.json").read_text()).get("batch_size", 32))
     if opts.int8 and opts.calibration_override is None:
         if len(calib_recs) < min(batch_size, 32):
-            raise ValueError(f"only {len(calib_recs)} calibration images in the train split of {manifest_path}; "
+            raise InputDataError(f"only {len(calib_recs)} calibration images in the train split of {manifest_path}; "
                              f"int8 calibration needs at least {min(batch_size, 32)} (a few hundred is right)")
         if len(calib_recs) < 300:
             progress(f"warning: {len(calib_recs)} calibration images; below 300 the int8 ranges are often too narrow")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wbcedge.errors import InputFileMissingError
 from wbcedge.preprocess import PreprocessSpec
 
 
@@ -61,7 +62,7 @@ def load_run(run_dir: Path) -> Predictor:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     run_dir = Path(run_dir)
     if not is_run_folder(run_dir):
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no model.keras): train one with `wbcedge train`")
+        raise InputFileMissingError(f"{run_dir} is not a run folder (no model.keras): train one with `wbcedge train`")
     import keras
 
     import wbcedge.train.models  # noqa: F401  (custom objects, if any, register on import)

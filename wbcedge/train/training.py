@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from wbcedge.data import read_manifest
+from wbcedge.errors import InputDataError
 from wbcedge.labels import CLASSES, class_indices
 from wbcedge.preprocess import PreprocessSpec, load_inputs
 from wbcedge.provenance import file_sha256, package_versions  # noqa: F401  (re-exported for old callers)
@@ -66,7 +67,7 @@ class TrainConfig:
         data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"{path}: unknown training options {sorted(unknown)}; "
+            raise InputDataError(f"{path}: unknown training options {sorted(unknown)}; "
                              f"known: {sorted(cls.__dataclass_fields__)}")
         return cls(**data)
 
@@ -133,7 +134,7 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     train_recs = [r for r in records if r.split == "train"]
     val_recs = [r for r in records if r.split == "val"]
     if not train_recs or not val_recs:
-        raise ValueError(f"{cfg.manifest} needs rows in both 'train' and 'val' splits: run `wbcedge data split` first")
+        raise InputDataError(f"{cfg.manifest} needs rows in both 'train' and 'val' splits: run `wbcedge data split` first")
     if cfg.max_train_images:
         rng = np.random.default_rng(cfg.seed)
         train_recs = [train_recs[i] for i in sorted(rng.permutation(len(train_recs))[:cfg.max_train_images])]

@@ -78,7 +78,7 @@ def _load_backbone(name: str, opts: ModelOptions):
 def _build(name: str, opts: ModelOptions) -> keras.Model:
     _, scaling, min_size, dense64_block = _BACKBONES[name]
     if opts.input_size < min_size:
-        raise ValueError(f"{name} needs an input size of at least {min_size}px, got {opts.input_size}")
+        raise InputDataError(f"{name} needs an input size of at least {min_size}px, got {opts.input_size}")
     backbone = _load_backbone(name, opts)
     inputs = keras.Input((opts.input_size, opts.input_size, 3), name="image")
     x, caffe_conv = _scaled_input(inputs, scaling)

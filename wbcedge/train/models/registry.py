@@ -7,6 +7,7 @@ from typing import Callable
 
 import keras
 
+from wbcedge.errors import InputDataError
 from wbcedge.labels import CLASSES
 
 
@@ -44,7 +45,7 @@ def create_model(name: str | None = None, options: ModelOptions | None = None, *
     if kwargs:
         opts = ModelOptions(**{**opts.to_dict(), **kwargs})
     if opts.name not in _BUILDERS:
-        raise ValueError(f"unknown model '{opts.name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
+        raise InputDataError(f"unknown model '{opts.name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
     model = _BUILDERS[opts.name](opts)
     # Short training leaves BatchNorm moving statistics unsettled at Keras' 0.99/0.999
     # momentum and inference collapses to one class (stack notes, trap 2).

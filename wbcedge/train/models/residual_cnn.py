@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from wbcedge.errors import InputDataError
 from wbcedge.train.models.registry import ModelOptions, register
 
 
@@ -44,5 +45,5 @@ def build(opts: ModelOptions) -> keras.Model:
     if opts.weights not in ("none", "imagenet"):
         model.load_weights(opts.weights)
     elif opts.weights == "imagenet":
-        raise ValueError("residual_cnn has no ImageNet weights: use --weights none or a path to your own weights")
+        raise InputDataError("residual_cnn has no ImageNet weights: use --weights none or a path to your own weights")
     return model
