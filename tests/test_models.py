@@ -23,7 +23,7 @@ def test_model_builds_and_trains_a_step(name):
     backbone = backbone_of(model)
     if backbone is not None:
         bns += [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert bns and all(l.momentum == 0.9 for l in bns)  # stack notes, trap 2
+    assert bns and all(l.momentum == 0.9 for l in bns)  # docs/known-traps.md, trap 2
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (4, SIZES[name], SIZES[name], 3)).astype("float32")
     y = np.array([0, 1, 2, 3])

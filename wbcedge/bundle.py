@@ -14,7 +14,6 @@ travel as one .tar.gz archive; unpacking never writes outside its target folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from wbcedge.errors import BundleFormatError, InputDataError
 from wbcedge.preprocess import PreprocessSpec
+from wbcedge.provenance import file_sha256
 
 FORMAT = "wbcedge-bundle"
 FORMAT_VERSION = 1
@@ -34,18 +34,10 @@ class BundleError(BundleFormatError):
     """A bundle that is missing, damaged or of an unknown format; the message says what to do."""
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(folder: Path, meta: dict) -> dict:
     """Write manifest.json: `meta` plus format fields and the sha256 of every other file in `folder`."""
     folder = Path(folder)
-    files = {p.relative_to(folder).as_posix(): sha256_of(p)
+    files = {p.relative_to(folder).as_posix(): file_sha256(p)
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta, "files": files}
@@ -73,7 +65,7 @@ def verify_bundle(folder: Path) -> list[str]:
         file = folder / name
         if not file.is_file():
             problems.append(f"{file} is listed in the manifest but missing")
-        elif sha256_of(file) != digest:
+        elif file_sha256(file) != digest:
             problems.append(f"{file} does not match its sha256 in the manifest (changed or damaged): "
                             "copy the bundle again from its source")
     for p in sorted(folder.rglob("*")):

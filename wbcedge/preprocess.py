@@ -13,8 +13,6 @@ camera pixels as they are.
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -22,8 +20,11 @@ import cv2
 import numpy as np
 
 from wbcedge.errors import InputDataError, InputFileMissingError
+from wbcedge.parallel import parallel_map
 
 SPEC_FILE = "preprocess.json"
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+"""Image files everything in wbcedge reads: data folders, frame folders, crops (all decoded by OpenCV)."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class PreprocessSpec:
     color_order: str = "RGB"          # channel order of the model input
     input_dtype: str = "uint8"        # pixels as they are; the model rescales
     interpolation: str = "area"       # cv2 interpolation used to shrink crops
-    # Apparent cell size matters more than colour across microscopes (stack notes):
+    # Apparent cell size matters more than colour across microscopes (docs/known-traps.md):
     # the training crops show the white cell at this fraction of the crop side, and
     # the runner crops full frames around each located cell to match it.
     cell_fraction: float = 0.44
@@ -123,15 +124,25 @@ def read_image(path: Path) -> np.ndarray:
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise InputDataError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
+    try:
+        return as_bgr(image)
+    except ValueError as exc:
+        raise InputDataError(f"{path}: {exc}") from None
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """Bring a decoded frame to HxWx3 uint8 BGR (gray and BGRA are converted, 16 bit scaled)."""
     if image.dtype == np.uint16:
         image = (image // 257).astype(np.uint8)
     elif image.dtype != np.uint8:
-        raise InputDataError(f"{path}: unsupported pixel type {image.dtype}")
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
+        raise ValueError(f"unsupported pixel type {image.dtype}; expected 8- or 16-bit")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise ValueError(f"unsupported frame shape {image.shape}")
 
 
 def load_inputs(paths: list, spec: PreprocessSpec, workers: int | None = None) -> np.ndarray:
@@ -142,8 +153,7 @@ def load_inputs(paths: list, spec: PreprocessSpec, workers: int | None = None) -
     """
     if not paths:
         return np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        return np.stack(list(pool.map(_load_one, [(str(p), spec) for p in paths], chunksize=64)))
+    return np.stack(list(parallel_map(_load_one, [(str(p), spec) for p in paths], workers, chunksize=64)))
 
 
 def _load_one(args) -> np.ndarray:

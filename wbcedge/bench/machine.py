@@ -18,6 +18,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from wbcedge.provenance import package_versions
+
 GOVERNOR_FILE = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 PI_MODEL_FILE = Path("/proc/device-tree/model")
 JETSON_RELEASE_FILE = Path("/etc/nv_tegra_release")
@@ -66,19 +68,6 @@ def detect_board(model_file: Path = PI_MODEL_FILE, jetson_file: Path = JETSON_RE
     return "other", model
 
 
-def package_versions(names=RUNTIME_PACKAGES) -> dict[str, str]:
-    """Installed versions of the packages that shape a benchmark (missing ones left out)."""
-    import importlib.metadata as md
-
-    out = {}
-    for name in names:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def _run_tool(args: list[str], notes: list[str], timeout: float = 5.0) -> str | None:
     """stdout of a system tool, or None with a note saying why not."""
     if shutil.which(args[0]) is None:
@@ -119,7 +108,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "board": board,
         "board_model": board_model,
-        "versions": package_versions(),
+        "versions": package_versions(RUNTIME_PACKAGES, with_platform=False),
     }
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

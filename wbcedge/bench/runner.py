@@ -41,6 +41,7 @@ import numpy as np
 from wbcedge.bench.machine import machine_info
 from wbcedge.bundle import Bundle
 from wbcedge.errors import WbcedgeError
+from wbcedge.preprocess import IMAGE_SUFFIXES
 
 PACKAGE = Path(__file__).resolve().parent.parent
 REPO_ROOT = PACKAGE.parent
@@ -100,7 +101,7 @@ def latency_stats(blocks: list[list[float]]) -> dict:
 # ---------------------------------------------------------------- inputs
 
 def sample_crop_paths(folder: Path = SAMPLE_CROPS) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def latency_inputs(spec, paths: list[Path] | None = None) -> np.ndarray:
@@ -156,7 +157,6 @@ def accuracy_with_ci(y_true: np.ndarray, pred: list[int]) -> dict:
 
 
 def frame_paths(frames: Path | None) -> tuple[list[Path], str]:
-    from wbcedge.device.capture import IMAGE_SUFFIXES
 
     folder = Path(frames) if frames is not None else SAMPLE_FRAMES
     if frames is None and not folder.is_dir():

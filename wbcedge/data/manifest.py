@@ -15,8 +15,8 @@ from pathlib import Path
 
 from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.labels import CLASSES
+from wbcedge.preprocess import IMAGE_SUFFIXES  # noqa: F401  (re-exported: wbcedge.data.IMAGE_SUFFIXES)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 FIELDS = ("path", "label", "sha256", "width", "height", "split", "source")
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"

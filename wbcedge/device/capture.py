@@ -34,11 +34,11 @@ import cv2
 import numpy as np
 
 from wbcedge.errors import CameraError, InputDataError, MissingDependencyError
-from wbcedge.preprocess import read_image
+from wbcedge.preprocess import IMAGE_SUFFIXES, as_bgr, read_image  # noqa: F401  (IMAGE_SUFFIXES: used below and by callers)
+from wbcedge.tomlfile import loads_toml
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".mjpeg", ".mjpg"}
 
 PI_MODEL_FILE = Path("/proc/device-tree/model")
@@ -156,30 +156,18 @@ class CameraProfile:
         path = Path(path)
         if not path.is_file():
             raise ProfileError(f"camera profile {path} does not exist; see device/profiles/ for examples")
-        toml = _toml_module()
         try:
-            data = toml.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ProfileError(f"cannot read camera profile {path}: {exc}") from None
-        except toml.TOMLDecodeError as exc:
+        try:
+            data = loads_toml(text)
+        except ValueError as exc:  # TOMLDecodeError
             raise ProfileError(f"camera profile {path} is not valid TOML: {exc}") from None
         if "camera" in data and isinstance(data["camera"], dict) and len(data) == 1:
             data = data["camera"]  # also accept everything under a [camera] table
         data.setdefault("name", path.stem)
         return cls.from_dict(data, origin=str(path))
-
-
-def _toml_module():
-    try:
-        import tomllib  # Python 3.11+
-        return tomllib
-    except ModuleNotFoundError:
-        pass
-    try:
-        import tomli  # Python 3.10 (JetPack 6)
-        return tomli
-    except ModuleNotFoundError:
-        raise ProfileError("reading a TOML camera profile on Python 3.10 needs tomli: pip install tomli") from None
 
 
 def _number(value: Any) -> bool:
@@ -232,21 +220,6 @@ class RetryPolicy:
     @property
     def delays(self) -> list[float]:
         return [self.first_delay_s * self.factor ** i for i in range(self.attempts)]
-
-
-def as_bgr(image: np.ndarray) -> np.ndarray:
-    """Bring a decoded frame to HxWx3 uint8 BGR (gray and BGRA are converted, 16 bit scaled)."""
-    if image.dtype == np.uint16:
-        image = (image // 257).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ValueError(f"unsupported pixel type {image.dtype}; expected 8- or 16-bit")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    raise ValueError(f"unsupported frame shape {image.shape}")
 
 
 class FrameSource:

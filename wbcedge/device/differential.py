@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.labels import CLASSES, normalize_class
+from wbcedge.tomlfile import loads_toml
 
 # Typical adult reference ranges, percent of white cells. Laboratory manuals commonly
 # print neutrophils 40-70% (many labs 40-75%), lymphocytes 20-40% or 20-45%,
@@ -135,11 +136,7 @@ def load_reference(path: str | Path) -> dict[str, tuple[float, float]]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":
-            try:
-                import tomllib as toml
-            except ModuleNotFoundError:
-                import tomli as toml  # Python 3.10
-            data = toml.loads(text)
+            data = loads_toml(text)
         else:
             data = json.loads(text)
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors

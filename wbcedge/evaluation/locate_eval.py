@@ -24,10 +24,9 @@ from pathlib import Path
 
 from wbcedge.device.locate import LocatorConfig, estimate_um_per_px, locate_cells, measure_cell_fraction
 from wbcedge.errors import InputDataError, InputFileMissingError
-from wbcedge.preprocess import read_image
+from wbcedge.preprocess import IMAGE_SUFFIXES, read_image
 
 Box = tuple[int, int, int, int]
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def read_voc_boxes(xml_path: Path | str, name: str = "WBC") -> list[Box]:
@@ -104,7 +103,7 @@ def evaluate_localization(frames_dir: Path | str, annotations_dir: Path | str, i
         raise InputFileMissingError(f"{frames_dir}: no such frames folder")
     if not annotations_dir.is_dir():
         raise InputFileMissingError(f"{annotations_dir}: no such annotations folder (VOC .xml files expected)")
-    frames = {p.stem: p for p in sorted(frames_dir.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES}
+    frames = {p.stem: p for p in sorted(frames_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     stems = sorted(p.stem for p in annotations_dir.glob("*.xml") if p.stem in frames)
     if names is not None:
         wanted = set(names)
@@ -188,7 +187,7 @@ def measure_fractions(crops_root: Path | str, per_class: int = 300, seed: int = 
     """
     root = Path(crops_root)
     classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    files = {c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) for c in classes}
+    files = {c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
     files = {k: v for k, v in files.items() if v}
     if not files:
         raise InputFileMissingError(f"{root}: expected one folder of single-cell crops per class")

@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from wbcedge.device.differential import clopper_pearson
+from wbcedge.errors import MissingDependencyError
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -48,34 +51,32 @@ def _needs_report_extra(func: Callable) -> Callable:
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] not in _REPORT_EXTRA:
                 raise
-            raise ModuleNotFoundError(
+            missing = ReportExtraMissingError(
                 f"{func.__name__} needs {exc.name.split('.')[0]}, which is not installed. Evaluation reports use the "
-                "'report' extra: pip install 'wbcedge[report]' (not needed on the device)", name=exc.name,
-            ) from exc
+                "'report' extra: pip install 'wbcedge[report]' (not needed on the device)")
+            missing.name = exc.name
+            raise missing from exc
     return wrapper
+
+
+class ReportExtraMissingError(MissingDependencyError, ModuleNotFoundError):
+    """scikit-learn, SciPy or matplotlib (the 'report' extra) is not installed."""
 
 
 # --------------------------------------------------------------------------- maths
 
-@_needs_report_extra
 def proportion_ci(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     """Clopper–Pearson exact confidence interval for `successes` out of `n`.
 
     Exact (never narrower than it should be, even at 0 or n successes), so
-    0/10 gives (0.0, 0.3085) at 95 %. With n == 0 nothing was measured and the
-    interval is (nan, nan).
+    0/10 gives (0.0, 0.3085) at 95 %. With n == 0 nothing was measured: (0, 1).
+    One implementation for the package: the device's pure-Python
+    `wbcedge.device.differential.clopper_pearson` (no SciPy needed).
     """
     successes, n = int(successes), int(n)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be between 0 and 1 (e.g. 0.95), got {level}")
     if n < 0 or not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
-    if n == 0:
-        return (math.nan, math.nan)
-    from scipy.stats import binomtest
-
-    ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="exact")
-    return (float(ci.low), float(ci.high))
+    return clopper_pearson(successes, n, level)
 
 
 def _labels_and_scores(y_true: Sequence[int], y_prob: np.ndarray,
@@ -118,8 +119,8 @@ def _as_predictions(pred: Any, n: int, name: str) -> np.ndarray:
 
 
 def _ci_or_none(successes: int, n: int) -> list[float] | None:
-    lo, hi = proportion_ci(successes, n)
-    return None if math.isnan(lo) else [lo, hi]
+    """The interval, or None for a class with no images (reported as absent, not as [0, 1])."""
+    return list(proportion_ci(successes, n)) if n else None
 
 
 @_needs_report_extra

@@ -1,6 +1,6 @@
 """Model converters (training box only): Keras -> TFLite and ONNX, float and int8.
 
-Converter paths chosen from the stack notes:
+Converter paths chosen from the known traps (docs/known-traps.md):
 - TFLite from `from_keras_model` (from_concrete_functions with Keras 3 does not
   freeze the weights, trap 3). Full-integer int8 keeps the input Rescaling in the
   model, so the uint8 input has scale 1, zero point 0 (trap 4).

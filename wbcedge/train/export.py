@@ -22,6 +22,7 @@ from wbcedge.data import Record, read_manifest
 from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.evaluation.metrics import classification_results
 from wbcedge.labels import CLASSES
+from wbcedge.tomlfile import read_toml
 
 TFLITE_INT8 = "model_int8.tflite"
 
@@ -47,11 +48,7 @@ class ExportOptions:
     @classmethod
     def load(cls, path: Path) -> "ExportOptions":
         """Settings from a TOML file (see export/*.toml); unknown keys are an error."""
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        data = tomllib.loads(Path(path).read_text())
+        data = read_toml(path)
         allowed = {f for f in cls.__dataclass_fields__ if f != "calibration_override"}
         unknown = set(data) - allowed
         if unknown:
@@ -99,10 +96,10 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     """Export, gate and bundle. Returns the report; raises GateFailed when over budget (and not forced)."""
     from wbcedge.device.runtime import Classifier
     from wbcedge.evaluation.evaluate import labelled_inputs
+    from wbcedge.provenance import file_sha256, package_versions
     from wbcedge.train import convert
     from wbcedge.train.quantinfo import quantization_of
     from wbcedge.train.run_folder import load_run
-    from wbcedge.train.training import file_sha256, package_versions
 
     run_dir, out = Path(run_dir), Path(out)
     keras_model = load_run(run_dir)

@@ -23,7 +23,8 @@ from wbcedge.data import read_manifest
 from wbcedge.errors import InputDataError
 from wbcedge.labels import CLASSES, class_indices
 from wbcedge.preprocess import PreprocessSpec, load_inputs
-from wbcedge.provenance import file_sha256, package_versions  # noqa: F401  (re-exported for old callers)
+from wbcedge.provenance import file_sha256, package_versions
+from wbcedge.tomlfile import read_toml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -60,11 +61,7 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         path = Path(path)
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        data = read_toml(path) if path.suffix == ".toml" else json.loads(path.read_text())
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputDataError(f"{path}: unknown training options {sorted(unknown)}; "

@@ -48,7 +48,7 @@ def create_model(name: str | None = None, options: ModelOptions | None = None, *
         raise InputDataError(f"unknown model '{opts.name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
     model = _BUILDERS[opts.name](opts)
     # Short training leaves BatchNorm moving statistics unsettled at Keras' 0.99/0.999
-    # momentum and inference collapses to one class (stack notes, trap 2).
+    # momentum and inference collapses to one class (docs/known-traps.md, trap 2).
     set_batchnorm_momentum(model, 0.9)
     return model
 

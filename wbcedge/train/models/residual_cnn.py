@@ -3,7 +3,7 @@
 Each block is conv3x3-BN-ReLU-conv3x3-BN plus a 1x1 projection shortcut at
 stride 1, then ReLU and 2x2 max-pooling. The shortcut is never a strided 1x1
 convolution on the raw input: that layer shape crashes TensorFlow's CPU kernels
-(stack notes, trap 1). With two 3x3 convolutions per block this has about 1.3 M
+(docs/known-traps.md, trap 1). With two 3x3 convolutions per block this has about 1.3 M
 parameters, not the paper's "under 400,000": the paper does not give the layer
 details that would make its count reachable with these filter sizes.
 """
