@@ -22,7 +22,10 @@ import pytest
 from typer.testing import CliRunner
 
 from wbcedge.bench import runner as bench
-from wbcedge.bench.runner import BenchError, BenchOptions, Floor, check_floors, compare, parse_floor
+from wbcedge.bench import BenchError
+from wbcedge.bench.floors import Floor, check_floors, parse_floor
+from wbcedge.bench.runner import BenchOptions
+from wbcedge.bench.tables import compare
 from wbcedge.bundle import DEFAULT_BUNDLE, load_bundle, write_manifest
 from wbcedge.cli import app
 

@@ -65,20 +65,16 @@ def bench_cmd(
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Benchmark a bundle on this machine: latency, load time, memory, size, accuracy, pipeline frames/s."""
-    from wbcedge.bench.runner import (
-        BenchOptions,
-        check_floors,
+    from wbcedge.bench.floors import check_floors, parse_floor
+    from wbcedge.bench.runner import BenchOptions, default_result_path, load_result, run_bench
+    from wbcedge.bench.tables import (
         compare,
         compare_table,
-        default_result_path,
         footnotes,
-        load_result,
         markdown_tables,
-        parse_floor,
         pipeline_caption,
         pipeline_table,
         rows_table,
-        run_bench,
     )
     from wbcedge.bundle import load_bundle
 
