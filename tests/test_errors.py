@@ -9,6 +9,7 @@ No TensorFlow is needed: these run in the device-only install too.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -163,3 +164,25 @@ def test_entry_point_prints_one_line_and_debug_shows_the_traceback(tmp_path):
         "built-in one"]
     res = subprocess.run([*cmd, "--debug", "bundle", "inspect", str(tmp_path / "nope")], capture_output=True, text=True)
     assert res.returncode != 0 and "Traceback" in res.stderr and "BundleError" in res.stderr
+
+
+def test_a_training_box_verb_on_a_device_names_the_extra_to_install(tmp_path):
+    """TensorFlow (and the report extra) absent, as on a Pi: one line with the pip command, exit 5."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'sklearn', 'scipy', 'matplotlib'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    crops = DEFAULT_BUNDLE.parent / "samples" / "pbc"
+    for args, extra in ((["train", str(tmp_path / "m.csv"), "--out", str(tmp_path / "r")], "train"),
+                        (["evaluate", str(DEFAULT_BUNDLE), "--data", str(crops)], "report")):
+        res = subprocess.run([sys.executable, "-m", "wbcedge", *args], capture_output=True, text=True, env=env,
+                             cwd=tmp_path)
+        assert res.returncode == 5, res.stderr
+        assert "Traceback" not in res.stderr and f"pip install 'wbcedge[{extra}]'" in res.stderr
+        assert len([line for line in res.stderr.splitlines() if line.startswith("error:")]) == 1

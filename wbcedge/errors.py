@@ -58,6 +58,23 @@ class OutputFolderError(WbcedgeError):
     exit_code = 6
 
 
+EXTRAS = {"tensorflow": "train", "keras": "train", "tensorboard": "train", "tf2onnx": "export", "onnx": "export",
+          "sklearn": "report", "scipy": "report", "matplotlib": "report",
+          "onnxruntime": "device", "ai_edge_litert": "device"}
+"""Top-level module -> the pyproject extra that installs it."""
+
+
+def missing_extra(exc: ImportError) -> MissingDependencyError | None:
+    """A `MissingDependencyError` naming the pip command for an optional package that is not installed, else None."""
+    top = (getattr(exc, "name", None) or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    where = " (the training box's extra: the device never needs it)" if extra in ("train", "export") else ""
+    return MissingDependencyError(f"{top} is not installed and this command needs it: "
+                                  f"pip install 'wbcedge[{extra}]'{where}")
+
+
 EXIT_CODES = {
     1: "a check ran and failed (export gate, bench floor, data leak)",
     2: "bad option value or input data",

@@ -21,22 +21,26 @@ DEBUG_ENV = "WBCEDGE_DEBUG"
 class _OneErrorLine(TyperGroup):
     """The root command: every expected failure (a `WbcedgeError`) ends as one `error:` line.
 
+    So does an optional package that is not installed (TensorFlow for `train` on a device,
+    the report extra for `evaluate`): one line with the pip command, exit 5.
+
     Catching here rather than only in `main` means `CliRunner` tests and `python -m wbcedge`
     behave the same. Exit codes per kind are in `wbcedge.errors` and the README; `--debug`
     or WBCEDGE_DEBUG=1 lets the traceback through.
     """
 
     def invoke(self, ctx: typer.Context):
-        from wbcedge.errors import WbcedgeError
+        from wbcedge.errors import WbcedgeError, missing_extra
 
         try:
             return super().invoke(ctx)
-        except WbcedgeError as exc:
-            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        except (WbcedgeError, ModuleNotFoundError) as exc:
+            error = exc if isinstance(exc, WbcedgeError) else missing_extra(exc)
+            if error is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise
             from wbcedge.cli.common import print_error
-            print_error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
+            print_error(str(error))
+            raise typer.Exit(error.exit_code) from None
 
 
 app = typer.Typer(
