@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from wbcedge import data
 from wbcedge.cli import app
+from wbcedge.errors import OutputFolderError
 from wbcedge.labels import CLASSES
 
 runner = CliRunner()
@@ -147,7 +148,7 @@ def test_what_augment_refuses_and_what_it_reports(split_samples, tmp_path):
     assert big.records == split_samples and big.per_class["basophil"]["augmented"] == 0
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(OutputFolderError, match="not empty"):
         data.augment_records(split_samples, tmp_path / "full", per_class=3, workers=1)
     done = data.augment_records(split_samples, tmp_path / "once", per_class=3, workers=1)
     with pytest.raises(ValueError, match="already holds augmented rows"):
@@ -202,4 +203,4 @@ def test_cli_augment_then_check(tmp_path):
     assert res.exit_code == 1 and f"{Path(leaked).name} (test)" in res.output
 
     res = runner.invoke(app, ["data", "augment", str(manifest), "--out", str(out)])
-    assert res.exit_code == 2 and "not empty" in res.output
+    assert res.exit_code == 6 and "not empty" in res.output  # an output folder problem

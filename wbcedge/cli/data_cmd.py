@@ -26,7 +26,6 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data", rich_help_panel="On the training box")
 
 MAX_LISTED = 20  # duplicate groups listed one by one; --json always holds all of them
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
 
 
 # ---------------------------------------------------------------- commands
@@ -44,10 +43,7 @@ def index_cmd(
     out_console = _console_for(json_path)
     class_map = _parse_map(mapping)
     with _progress(out_console, "indexing", None) as advance:
-        try:
-            result = data.index_folder(folder, class_map, progress=advance)
-        except USER_ERRORS as e:
-            fail(str(e))
+        result = data.index_folder(folder, class_map, progress=advance)
     _print_problems(out_console, result.problems)
     if not result.records:
         fail(f"no usable images under {folder} (see the lines above): expected e.g. {folder}/neutrophil/*.jpg")
@@ -99,12 +95,9 @@ def split_cmd(
     if test_per_class is None and test_fraction is None:
         test_per_class = 100
     out = out or manifest
-    try:
-        records = data.read_manifest(manifest)
-        excluded = data.split_records(records, seed=seed, test_per_class=test_per_class,
-                                      test_fraction=test_fraction, val_fraction=val_fraction)
-    except USER_ERRORS as e:
-        fail(str(e))
+    records = data.read_manifest(manifest)
+    excluded = data.split_records(records, seed=seed, test_per_class=test_per_class,
+                                  test_fraction=test_fraction, val_fraction=val_fraction)
     data.write_manifest(records, out)
     _print_problems(out_console, excluded)
     counts = data.counts_by_split(records)
@@ -130,10 +123,7 @@ def check_cmd(
     straddles splits, or when a listed file is missing, unreadable or changed.
     """
     out_console = _console_for(json_path)
-    try:
-        records = data.read_manifest(manifest)
-    except USER_ERRORS as e:
-        fail(str(e))
+    records = data.read_manifest(manifest)
     with _progress(out_console, "reading", len(records)) as advance:
         result = data.check_records(records, progress=advance)
 
@@ -202,18 +192,12 @@ def augment_cmd(
     zoomed in by 5-20 % (aspect kept) and flipped at random, and records its source.
     """
     out_console = _console_for(json_path)
-    try:
-        records = data.read_manifest(manifest)
-    except USER_ERRORS as e:
-        fail(str(e))
+    records = data.read_manifest(manifest)
     train = [r for r in records if r.split == "train"]
     planned = sum(max(0, per_class - sum(1 for r in train if r.label == c)) for c in CLASSES
                   if any(r.label == c for r in train))
     with _progress(out_console, "augmenting", planned) as advance:
-        try:
-            result = data.augment_records(records, out, per_class=per_class, seed=seed, progress=advance)
-        except USER_ERRORS as e:
-            fail(str(e))
+        result = data.augment_records(records, out, per_class=per_class, seed=seed, progress=advance)
     new_manifest = out / "manifest.csv"
     data.write_manifest(result.records, new_manifest)
     _print_problems(out_console, result.problems)

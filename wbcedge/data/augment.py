@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from wbcedge.data.manifest import Problem, Record
-from wbcedge.errors import InputDataError
+from wbcedge.errors import InputDataError, OutputFolderError
 from wbcedge.labels import CLASSES
 from wbcedge.parallel import parallel_map as _parallel_map
 from wbcedge.preprocess import read_image
@@ -124,8 +124,8 @@ def augment_records(records: list[Record], out_dir: Path, per_class: int = 4000,
     train = [r for r in records if r.split == "train"]
     if not train:
         raise InputDataError("the manifest has no train rows: run `wbcedge data split MANIFEST` first")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new --out folder, or delete it")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputFolderError(f"{out_dir} exists and is not empty: choose a new --out folder, or delete it")
     jobs: list[_AugmentJob] = []
     summary: dict[str, dict[str, int]] = {}
     for label in CLASSES:
