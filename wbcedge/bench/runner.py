@@ -66,6 +66,14 @@ class BenchOptions:
     keras_runs: int | None = None                # None: min(runs, 50) (model.predict is slow)
 
 
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow could be imported here, without importing it (an import hook that refuses it counts as no)."""
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def default_threads() -> tuple[int, ...]:
     """1 and the runtime's default (up to 4 cores), e.g. (1, 2) on a 2-core machine, (1, 4) on a Pi 4."""
     from wbcedge.bench.machine import usable_cores
@@ -271,7 +279,7 @@ def run_bench(bundle: Bundle, opts: BenchOptions, progress: Callable[[str], None
     keras_run, keras_note = (None, "the Keras baseline was switched off (--no-baseline)")
     if opts.baseline:
         keras_run, keras_note = find_keras_run(bundle, opts.keras_run, cwd)
-        if keras_run is not None and importlib.util.find_spec("tensorflow") is None:
+        if keras_run is not None and not tensorflow_installed():
             if opts.keras_run is not None:
                 raise BenchError("--keras-run needs TensorFlow, which is not installed here "
                                  "(pip install 'wbcedge[train]'); on a device, leave the option out")
