@@ -151,6 +151,7 @@ def test_output_folder_that_cannot_be_made(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert_one_error(invoke("run", "--out", str(blocker / "s")), 6, str(blocker))
+    assert_one_error(invoke("bundle", "inspect", "--json", str(blocker / "x.json")), 6, "cannot write --json")
 
 
 # ---------------------------------------------------------------- the console entry point

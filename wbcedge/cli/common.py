@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
-from wbcedge.errors import InputDataError
+from wbcedge.errors import InputDataError, OutputFolderError
 from wbcedge.jsonable import to_jsonable
 
 # Piped or logged output gets 120 columns rather than rich's 80, so tables stay one row per line.
@@ -37,8 +37,11 @@ def write_json(path: Path | None, data: Any) -> None:
     if str(path) == "-":
         sys.stdout.write(text + "\n")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    except OSError as exc:
+        raise OutputFolderError(f"cannot write --json {path}: {exc.strerror or exc}; give a writable path") from exc
 
 
 JSON_OPTION = typer.Option(None, "--json", help="Also write the results as JSON to this path ('-' for stdout).")
