@@ -85,16 +85,22 @@ def split_cmd(
                                         help="Fractional protocol: this share of each class goes to test."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.99,
                                        help="Share of the non-test images that goes to val (paper: 80:20)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Manifest to write [default: overwrite MANIFEST]."),
+    out: Path = typer.Option(None, "--out", "-o", help="Split manifest to write; never the input "
+                             "[default: MANIFEST's name with .split.csv, e.g. manifest.split.csv].", show_default=False),
     json_path: Path = JSON_OPTION,
 ) -> None:
-    """Split a manifest into train/val/test; identical files always share a split."""
+    """Split a manifest into train/val/test; identical files always share a split.
+
+    The input manifest is never overwritten: the split goes to --out, by default NAME.split.csv.
+    """
     out_console = _console_for(json_path)
     if test_per_class is not None and test_fraction is not None:
         fail("give --test-per-class (paper protocol) or --test-fraction, not both")
     if test_per_class is None and test_fraction is None:
         test_per_class = 100
-    out = out or manifest
+    out = out or split_path_for(manifest)
+    if out.resolve() == manifest.resolve():
+        fail(f"--out {out} is the input manifest: give another path, e.g. --out {split_path_for(manifest)}")
     records = data.read_manifest(manifest)
     excluded = data.split_records(records, seed=seed, test_per_class=test_per_class,
                                   test_fraction=test_fraction, val_fraction=val_fraction)
@@ -220,6 +226,11 @@ def augment_cmd(
 
 
 # ---------------------------------------------------------------- helpers
+
+def split_path_for(manifest: Path) -> Path:
+    """Where `data split MANIFEST` writes by default: manifest.csv -> manifest.split.csv, next to it."""
+    return manifest.with_name(manifest.name.removesuffix(".csv") + ".split.csv")
+
 
 def _console_for(json_path: Path | None) -> Console:
     """Human output goes to stdout, or to stderr when `--json -` claims stdout."""

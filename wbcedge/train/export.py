@@ -22,9 +22,11 @@ from wbcedge.data import Record, read_manifest
 from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.evaluation.metrics import classification_results
 from wbcedge.labels import CLASSES
+from wbcedge.quiet import quiet_fds
 from wbcedge.tomlfile import read_toml
 
 TFLITE_INT8 = "model_int8.tflite"
+EXPORT_LOG = "export.log"
 
 
 @dataclass
@@ -129,27 +131,37 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    log = out / EXPORT_LOG  # the converters' and TensorFlow's own output: hundreds of lines, kept off the console
+
+    def converting():
+        return quiet_fds(log=log, stdout=True)
+
     metadata = {"wbcedge.labels": json.dumps(classes), "wbcedge.preprocess": json.dumps(spec.to_dict())}
     files: list[tuple[str, str, str]] = []  # (file, backend, precision)
     if "tflite" in opts.formats:
         progress("TFLite float32")
-        convert.to_tflite(keras_model.keras_model, out / "model_fp32.tflite", "fp32")
+        with converting():
+            convert.to_tflite(keras_model.keras_model, out / "model_fp32.tflite", "fp32")
         files.append(("model_fp32.tflite", "tflite", "fp32"))
         if opts.float16:
-            convert.to_tflite(keras_model.keras_model, out / "model_fp16.tflite", "fp16")
+            with converting():
+                convert.to_tflite(keras_model.keras_model, out / "model_fp16.tflite", "fp16")
             files.append(("model_fp16.tflite", "tflite", "fp16"))
         if opts.int8:
             progress("TFLite int8 (full integer)")
-            convert.to_tflite(keras_model.keras_model, out / TFLITE_INT8, "int8", calibration)
+            with converting():
+                convert.to_tflite(keras_model.keras_model, out / TFLITE_INT8, "int8", calibration)
             files.append((TFLITE_INT8, "tflite", "int8"))
     if "onnx" in opts.formats:
         progress("ONNX float32")
-        convert.to_onnx(keras_model.keras_model, out / "model_fp32.onnx", metadata)
+        with converting():
+            convert.to_onnx(keras_model.keras_model, out / "model_fp32.onnx", metadata)
         files.append(("model_fp32.onnx", "onnx", "fp32"))
         if opts.int8:
             progress(f"ONNX int8 (QDQ, {opts.activation_type} activations, per-channel weights)")
-            convert.quantize_onnx(out / "model_fp32.onnx", out / "model_int8.onnx", calibration,
-                                  opts.activation_type, opts.per_channel, metadata)
+            with converting():
+                convert.quantize_onnx(out / "model_fp32.onnx", out / "model_int8.onnx", calibration,
+                                      opts.activation_type, opts.per_channel, metadata)
             files.append(("model_int8.onnx", "onnx", "int8"))
 
     float_pred = float_probs.argmax(1)

@@ -107,8 +107,10 @@ def _augment_fn(tf, cfg: dict, seed: int):
 
 def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     """Train and write the run folder; returns a summary. Rerunning resumes an interrupted run."""
+    from wbcedge.train.tf_import import import_tensorflow
+
+    tf = import_tensorflow()
     import keras
-    import tensorflow as tf
 
     from wbcedge.train.models import ModelOptions, create_model
     from wbcedge.train.models.applications import backbone_of
@@ -206,7 +208,8 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
         ]
         progress(f"phase {phase}: epochs {epoch0 + 1}-{end_epoch}, learning rate {lr:g}")
         model.fit(train_ds, validation_data=val_ds, epochs=end_epoch, initial_epoch=epoch0,
-                  class_weight=class_weight, callbacks=callbacks, verbose=0)
+                  class_weight=class_weight, callbacks=callbacks, verbose=0,
+                  shuffle=False)  # the dataset shuffles itself; Keras would warn that shuffle=True is ignored
         epoch0 = end_epoch
 
     best = keras.saving.load_model(run_dir / "model.keras")
