@@ -16,9 +16,9 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 XNNPACK_NOTICE = (r"^INFO: Created TensorFlow Lite XNNPACK delegate",)
 TENSORFLOW_NOTICES = (r"^WARNING: All log messages before absl::InitializeLog\(\)",

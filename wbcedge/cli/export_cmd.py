@@ -75,5 +75,6 @@ def _table(report: dict) -> Table:
         table.add_row(e["file"], f"{e['size_bytes'] / 1e6:.2f} MB",
                       f"{100 * e['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]", f"{e['accuracy_drop_pp']:+.2f}",
                       f"{worst[0][:4]} {worst[1]:+.2f}", f"{100 * e['agreement_with_float']:.1f}%",
-                      "[green]ok[/]" if e["within_budget"] else "[red]OVER BUDGET[/]")
+                      "[green]ok[/]" if e["within_budget"] else
+                      "[red]BELOW FLOOR[/]" if any("floor" in f for f in e["budget_failures"]) else "[red]OVER BUDGET[/]")
     return table
