@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,40 @@ def test_training_verbs_on_a_device_only_install_name_the_extra(monkeypatch, cap
                         rf"pip install 'wbcedge\[{extra}\]' \(the training box's extra: the device never needs it\)",
                         lines[0])
     assert not (tmp_path / "run").exists() or verb == "export"  # a failed start leaves no run folder
+
+
+# ---------------------------------------------------------------- the demo banner
+
+def test_the_builtin_demo_says_it_is_a_demonstration_with_the_measured_accuracy(monkeypatch, capsys, tmp_path):
+    from wbcedge.bundle import load_bundle
+
+    check = load_bundle().manifest["other_microscope_check"]
+    accuracy = f"{100 * check['cell_accuracy']:.1f}%"
+    code, out, err = run_main(monkeypatch, capsys, "run", "--out", str(tmp_path / "s"))
+    assert code in (0, None), err
+    flat = " ".join(out.replace("│", " ").split())
+    assert "DEMONSTRATION, not a result" in flat and f"classified {accuracy} correctly" in flat
+    assert flat.index("DEMONSTRATION") < flat.index("White cell differential")
+    page = (tmp_path / "s" / "report.html").read_text()
+    assert page.index('class="banner"') < page.index("<table>")  # at the top, above the differential
+    assert f"classified {accuracy} correctly" in page and "another microscope" in page
+    # the run table is a table people read: no escaped JSON for timing
+    assert "&quot;" not in page and "{" not in page.split("<h2>Run</h2>")[1].split("<h2>Cells</h2>")[0]
+    assert "ms_per_frame</td><td><table>" in page
+
+
+def test_own_frames_get_no_demo_banner_and_a_shift_alarm_lights_it_up():
+    from wbcedge.device.banner import banners
+    from wbcedge.device.report import render_html
+
+    check = {"cell_accuracy": 0.25, "cell_accuracy_ci95": [0.2, 0.3], "cells": 100, "trained_on": "lab A"}
+    diff = {"classes": [], "types": {}, "classified": 0, "unidentified": 0}
+    assert banners({"builtin_samples": False, "other_microscope_check": check}, diff) == []
+    assert banners({"domain_shift": {"alarm": False}}, diff) == []
+    for meta, d in (({"domain_shift": {"alarm": True}, "other_microscope_check": check}, diff),
+                    ({"other_microscope_check": check}, {**diff, "domain_shift": {"alarm": True}})):
+        (notice,) = banners(meta, d)
+        assert notice.startswith("DOMAIN SHIFT") and "25.0% correctly (95% CI 20.0-30.0" in notice
+        assert 'class="banner"' in render_html(Path("."), d, meta, [])
+    (notice,) = banners({"builtin_samples": True}, diff)  # a bundle without the measurement says so
+    assert "was not measured" in notice

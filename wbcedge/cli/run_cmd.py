@@ -28,6 +28,10 @@ def run_cmd(
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Locate, classify and count white cells; write the session folder and print the differential."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from wbcedge.device.banner import banners
     from wbcedge.device.report import format_differential
     from wbcedge.device.session import CountOptions, count_cells
 
@@ -36,11 +40,17 @@ def run_cmd(
                         reference=reference, show=show)
     result = count_cells(opts, on_message=lambda m: console.print(m, markup=False, highlight=False),
                          on_warning=lambda m: err_console.print(f"warning: {m}", markup=False, highlight=False))
+    notices = banners(result.meta, result.differential)
+    for notice in notices:
+        console.print(Panel(Text(notice), style="bold yellow", expand=False))
     console.print(format_differential(result.differential))
     if result.timing:
         fps = result.timing.get("fps_end_to_end") or 0
         console.print(f"{result.frames_seen} frames ({result.frames_blurred} blurred), {fps:.1f} frames/s; "
                       f"stop: {result.stop_reason}; report: {result.paths['html']}", markup=False, highlight=False)
+    for notice in notices:  # again under the table, where the eye lands last
+        console.print(notice.split(":")[0] + ": see the notice above.", style="bold yellow", markup=False,
+                      highlight=False)
     write_json(json_path, {"session_dir": str(result.session_dir), "run_dir": str(result.session_dir),
                            "differential": result.differential, "meta": result.meta})
     if result.error:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from wbcedge.device.banner import CHECK_KEY
 from wbcedge.errors import InputDataError
 
 SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "samples" / "frames"
@@ -110,7 +111,9 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
         "source": getattr(src, "label", src_arg), "builtin_samples": opts.builtin_samples,
         "bundle": str(bundle.path), "model_file": pipeline.model_entry["file"], "threshold": pipeline.threshold,
         "profile": profile.to_dict() if profile else None, "count_target": opts.count,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        # the bundle's measured accuracy on another microscope, for the demo and shift banners
+        CHECK_KEY: bundle.manifest.get(CHECK_KEY)}
     for k, v in meta.items():
         recorder.set_meta(k, v)
     on_message(f"counting white cells from {meta['source']} with {bundle.path.name}/{pipeline.model_entry['file']} -> {out}")
