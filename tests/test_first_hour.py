@@ -102,3 +102,64 @@ def test_own_frames_get_no_demo_banner_and_a_shift_alarm_lights_it_up():
         assert 'class="banner"' in render_html(Path("."), d, meta, [])
     (notice,) = banners({"builtin_samples": True}, diff)  # a bundle without the measurement says so
     assert "was not measured" in notice
+
+
+# ---------------------------------------------------------------- help that teaches
+
+REPO_PATH = re.compile(r"(?<![\w./-])((?:training|export|device|docs|benchmarks|wbcedge)/[\w./-]*\w)")
+
+
+def all_commands():
+    """(path, click command) for every verb and sub-verb, e.g. (['data', 'split'], <Command>)."""
+    import typer.main
+
+    from wbcedge.cli import app
+
+    def walk(cmd, path):
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in sorted(subs.items()):
+                yield from walk(sub, [*path, name])
+        else:
+            yield path, cmd
+    return list(walk(typer.main.get_command(app), []))
+
+
+def help_text(path: list[str]) -> str:
+    from typer.testing import CliRunner
+
+    from wbcedge.cli import app
+
+    res = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"},
+                             terminal_width=200)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_every_verb_help_has_examples_described_options_and_real_paths(repo_root):
+    commands = all_commands()
+    assert len(commands) >= 10
+    problems = []
+    for path, cmd in commands:
+        text = help_text(path)
+        flat = " ".join(text.replace("│", " ").split())
+        name = " ".join(path)
+        if "Example" not in text or f"wbcedge {name}" not in (cmd.epilog or ""):
+            problems.append(f"{name}: no 'Example' with a `wbcedge {name}` line")
+        if "<bool>" in text:
+            problems.append(f"{name}: a flag shows <bool> as if it took a value")
+        for cited in REPO_PATH.findall(" ".join(text.split())):
+            if not (repo_root / cited).exists() and "*" not in cited and "<" not in cited:
+                problems.append(f"{name}: cites {cited}, which does not exist")
+        for param in cmd.params:
+            if param.param_type_name != "option" or param.name == "help":
+                continue
+            if not (param.help or "").strip():
+                problems.append(f"{name}: {param.opts[0]} has no description")
+            elif " ".join(param.help.split())[-40:] not in flat:  # e.g. '[default: x]' eaten as rich markup
+                problems.append(f"{name}: {param.opts[0]}'s help does not print intact")
+            shown = param.required or (param.show_default is not False and param.default is not None)
+            if not (shown or param.is_flag or "default" in (param.help or "").lower()
+                    or param.name in ("json_path", "version")):
+                problems.append(f"{name}: {param.opts[0]} shows no default")
+    assert problems == [], "\n".join(problems)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from wbcedge import data
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, err_console, fail, write_json
+from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, fail, write_json
 from wbcedge.labels import CLASSES, SKIP, UnknownClassError, normalize_class
 
 data_app = typer.Typer(
@@ -30,13 +30,15 @@ MAX_LISTED = 20  # duplicate groups listed one by one; --json always holds all o
 
 # ---------------------------------------------------------------- commands
 
-@data_app.command("index")
+@data_app.command("index", epilog=examples(
+    "wbcedge data index ../shared/data/pbc --out runs/pbc/manifest.csv",
+    "wbcedge data index my_cells/ --map Segmented=neutrophil --map Junk=skip --out runs/mine/manifest.csv"))
 def index_cmd(
     folder: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
     out: Path = typer.Option(Path("manifest.csv"), "--out", "-o", help="Manifest CSV to write."),
     mapping: list[str] = typer.Option(None, "--map", metavar="NAME=CLASS",
                                       help="Map a folder name onto a class, or NAME=skip to leave it out. "
-                                           "Repeat for several folders."),
+                                           "Repeat for several folders (default: folder names as they are)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Index a class-folder tree into a manifest: path, label, sha256, width, height."""
@@ -74,19 +76,22 @@ def index_cmd(
     })
 
 
-@data_app.command("split")
+@data_app.command("split", epilog=examples(
+    "wbcedge data split runs/pbc/manifest.csv --test-per-class 100 --seed 0   # writes runs/pbc/manifest.split.csv",
+    "wbcedge data split runs/mine/manifest.csv --test-fraction 0.2 --out runs/mine/split.csv"))
 def split_cmd(
     manifest: Path = typer.Argument(..., help="Manifest written by `wbcedge data index`."),
     seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same split."),
     test_per_class: int = typer.Option(None, "--test-per-class", min=0,
                                        help="Paper protocol: this many random test images per class "
-                                            "[default: 100 unless --test-fraction is given]."),
+                                            "(default: 100 unless --test-fraction is given)."),
     test_fraction: float = typer.Option(None, "--test-fraction", min=0.0, max=0.99,
-                                        help="Fractional protocol: this share of each class goes to test."),
+                                        help="Fractional protocol: this share of each class goes to test "
+                                             "(default: none: the paper protocol)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.99,
                                        help="Share of the non-test images that goes to val (paper: 80:20)."),
     out: Path = typer.Option(None, "--out", "-o", help="Split manifest to write; never the input "
-                             "[default: MANIFEST's name with .split.csv, e.g. manifest.split.csv].", show_default=False),
+                             "(default: MANIFEST's name with .split.csv, e.g. manifest.split.csv).", show_default=False),
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Split a manifest into train/val/test; identical files always share a split.
@@ -118,7 +123,8 @@ def split_cmd(
     })
 
 
-@data_app.command("check")
+@data_app.command("check", epilog=examples(
+    "wbcedge data check runs/pbc/manifest.split.csv"))
 def check_cmd(
     manifest: Path = typer.Argument(..., help="Manifest to check (after index, split or augment)."),
     json_path: Path = JSON_OPTION,
@@ -182,7 +188,8 @@ def check_cmd(
         raise typer.Exit(1)
 
 
-@data_app.command("augment")
+@data_app.command("augment", epilog=examples(
+    "wbcedge data augment runs/pbc/manifest.split.csv --out runs/pbc/aug --per-class 4000 --seed 0"))
 def augment_cmd(
     manifest: Path = typer.Argument(..., help="Split manifest (from `wbcedge data split`)."),
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the augmented class folders and "
