@@ -107,6 +107,10 @@ def _augment_fn(tf, cfg: dict, seed: int):
 
 def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     """Train and write the run folder; returns a summary. Rerunning resumes an interrupted run."""
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").is_file():
+        return _finished_run(run_dir, cfg, progress)
+
     from wbcedge.train.tf_import import import_tensorflow
 
     tf = import_tensorflow()
@@ -115,11 +119,6 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     from wbcedge.train.models import ModelOptions, create_model
     from wbcedge.train.models.applications import backbone_of
 
-    run_dir = Path(run_dir)
-    if (run_dir / "summary.json").is_file():
-        progress(f"{run_dir} holds a finished run; nothing to do (use a new --out to train again)")
-        return json.loads((run_dir / "summary.json").read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -163,7 +162,9 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
         model = create_model(options=options)
     backbone = backbone_of(model)
 
-    # Save the description first, so an interrupted run folder still says what it is.
+    # Save the description first, so an interrupted run folder still says what it is. The folder is made
+    # only now: a start that fails (bad manifest, missing weights) leaves no empty run folder behind.
+    run_dir.mkdir(parents=True, exist_ok=True)
     spec.save(run_dir)
     (run_dir / "labels.json").write_text(json.dumps(list(CLASSES)) + "\n")
     (run_dir / "config.json").write_text(json.dumps({**asdict(cfg), "model_options": options.to_dict()}, indent=2) + "\n")
@@ -218,6 +219,22 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     summary = {"run_dir": str(run_dir), "model": cfg.model, "params": int(model.count_params()),
                "train_images": len(x_train), "val_images": len(x_val), "best_val_accuracy": val_acc}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _finished_run(run_dir: Path, cfg: TrainConfig, progress) -> dict:
+    """A run folder that already finished: nothing to redo, or say how to train it further."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    done = json.loads((run_dir / "config.json").read_text()).get("epochs") if (run_dir / "config.json").is_file() else None
+    if done is not None and cfg.epochs > done:
+        raise ValueError(
+            f"{run_dir} holds a run that finished after {done} epochs, and a finished run is not extended in place "
+            f"(its model.keras is the best checkpoint, not the last). To train {cfg.epochs - done} more epochs, start "
+            f"a new run from its weights: `wbcedge train {cfg.manifest or 'MANIFEST'} --weights {run_dir / 'model.keras'} "
+            f"--epochs {cfg.epochs - done} --out {run_dir}-more` with the same model options; or train afresh "
+            f"with --epochs {cfg.epochs} and a new --out")
+    progress(f"{run_dir} holds a finished run ({done if done is not None else '?'} epochs); nothing to do "
+             "(use a new --out to train again)")
     return summary
 
 
