@@ -163,3 +163,45 @@ def test_every_verb_help_has_examples_described_options_and_real_paths(repo_root
                     or param.name in ("json_path", "version")):
                 problems.append(f"{name}: {param.opts[0]} shows no default")
     assert problems == [], "\n".join(problems)
+
+
+# ---------------------------------------------------------------- the scale is asked, not guessed
+
+def test_data_index_measures_the_cell_scale_and_training_uses_it(tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from wbcedge.cli import app
+    from wbcedge.data import SAMPLES_DIR
+    from wbcedge.data.scale import read_scale
+    from wbcedge.preprocess import PreprocessSpec
+    from wbcedge.train.training import spec_with_data_scale
+
+    runner = CliRunner()
+    plain, scaled = tmp_path / "plain.csv", tmp_path / "scaled.csv"
+    res = runner.invoke(app, ["data", "index", str(SAMPLES_DIR), "--out", str(plain)])
+    assert res.exit_code == 0, res.output
+    assert "No --um-per-px" in " ".join(res.output.split())
+    scale = read_scale(plain)
+    assert scale["images_measured"] == 20 and scale["cells_found"] >= 18
+    assert 0.3 < scale["cell_fraction"] < 0.55 and scale["crop_um"] is None  # PBC cells fill ~40% of the crop
+    assert runner.invoke(app, ["data", "index", str(SAMPLES_DIR), "--out", str(scaled),
+                               "--um-per-px", "0.0934"]).exit_code == 0
+    measured = read_scale(scaled)
+    assert measured["crop_side_px"] == 360 and measured["crop_um"] == round(360 * 0.0934, 2)  # PBC: 33.6 um
+    assert 10 < measured["cell_diameter_um"] < 18  # a white cell is 10-15 um (neutrophils up to ~17 um)
+
+    assert runner.invoke(app, ["data", "split", str(scaled), "--test-per-class", "1"]).exit_code == 0
+    split = tmp_path / "scaled.split.csv"
+    assert read_scale(split) == measured  # the side file follows the manifest
+
+    lines = []
+    spec = spec_with_data_scale(PreprocessSpec(), str(split), lines.append)
+    assert spec.crop_um == measured["crop_um"] and spec.cell_fraction == measured["cell_fraction"]
+    assert "crop policy on the device: physical crops 33.62 um wide" in lines[-1]
+    lines.clear()
+    spec = spec_with_data_scale(PreprocessSpec(), str(plain), lines.append)
+    assert spec.crop_um is None and "crops sized relative to each cell" in lines[-1]
+    assert "--um-per-px" in lines[-1]
+    lines.clear()
+    spec_with_data_scale(PreprocessSpec(crop_um=40.0), str(split), lines.append)  # a config from another data set
+    assert lines[0].startswith("warning: the config says crop_um = 40 but") and "33.62" in lines[0]

@@ -16,6 +16,7 @@ from rich.table import Table
 from wbcedge import data
 from wbcedge.cli import app
 from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, fail, write_json
+from wbcedge.data.scale import copy_scale
 from wbcedge.labels import CLASSES, SKIP, UnknownClassError, normalize_class
 
 data_app = typer.Typer(
@@ -39,9 +40,19 @@ def index_cmd(
     mapping: list[str] = typer.Option(None, "--map", metavar="NAME=CLASS",
                                       help="Map a folder name onto a class, or NAME=skip to leave it out. "
                                            "Repeat for several folders (default: folder names as they are)."),
+    um_per_px: float = typer.Option(None, "--um-per-px", min=0.0, help="The crops' scale in micrometres per pixel "
+                                    "(PBC: 0.0934), from the scanner or a stage micrometer; records the physical crop "
+                                    "size the device will crop to (default: none: crops sized relative to each cell)."),
+    scale_sample: int = typer.Option(300, "--scale-sample", min=0, help="Crops to measure the cell size on "
+                                     "(0: do not measure)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
-    """Index a class-folder tree into a manifest: path, label, sha256, width, height."""
+    """Index a class-folder tree into a manifest: path, label, sha256, width, height.
+
+    It also measures how large the white cell is in the crops and writes it, with the
+    physical crop size when --um-per-px is given, to NAME.scale.json beside the manifest;
+    `wbcedge train` reads it to choose how the device will crop cells.
+    """
     out_console = _console_for(json_path)
     class_map = _parse_map(mapping)
     with _progress(out_console, "indexing", None) as advance:
@@ -68,11 +79,12 @@ def index_cmd(
         f"{len(result.problems)} line(s) above: {skipped} file(s) skipped, {kept} kept after conversion, "
         f"{len(result.problems) - skipped - kept} folder(s) empty or left out. {len(duplicates)} group(s) of "
         f"identical files, {len(conflicts)} with conflicting labels.", highlight=False)
+    scale = _measure_scale(out_console, result.records, out, um_per_px, scale_sample)
     out_console.print(f"Indexed {folder}; wrote {out}. Next: wbcedge data split {out}", highlight=False)
     write_json(json_path, {
         "command": "index", "folder": str(folder), "manifest": str(out), "images": len(result.records),
         "counts": counts, "problems": [asdict(p) for p in result.problems],
-        "duplicate_groups": len(duplicates), "conflicting_groups": len(conflicts),
+        "duplicate_groups": len(duplicates), "conflicting_groups": len(conflicts), "scale": scale,
     })
 
 
@@ -110,6 +122,7 @@ def split_cmd(
     excluded = data.split_records(records, seed=seed, test_per_class=test_per_class,
                                   test_fraction=test_fraction, val_fraction=val_fraction)
     data.write_manifest(records, out)
+    copy_scale(manifest, out)
     _print_problems(out_console, excluded)
     counts = data.counts_by_split(records)
     protocol = (f"{test_per_class} test image(s) per class" if test_per_class is not None
@@ -213,6 +226,7 @@ def augment_cmd(
         result = data.augment_records(records, out, per_class=per_class, seed=seed, progress=advance)
     new_manifest = out / "manifest.csv"
     data.write_manifest(result.records, new_manifest)
+    copy_scale(manifest, new_manifest)  # augmented copies are zoomed 5-20%: the originals' scale still holds
     _print_problems(out_console, result.problems)
     counts = data.counts_by_split(result.records)
     table = Table(title=f"Augmented train split (seed {seed}, {per_class} per class)")
@@ -233,6 +247,40 @@ def augment_cmd(
 
 
 # ---------------------------------------------------------------- helpers
+
+def _measure_scale(out_console: Console, records: list[data.Record], manifest: Path, um_per_px: float | None,
+                   sample: int) -> dict | None:
+    """Measure the cell scale of the indexed crops into MANIFEST.scale.json and say what it means for the device."""
+    from wbcedge.data.scale import write_scale
+    from wbcedge.device.cell_scale import measure_cell_scale
+
+    if sample == 0:
+        if um_per_px:
+            fail("--um-per-px needs the cell scale measured: drop --scale-sample 0")
+        return None
+    with _progress(out_console, "measuring cell size", min(sample, len(records))) as advance:
+        try:
+            scale = measure_cell_scale([r.path for r in records], um_per_px=um_per_px, max_images=sample,
+                                       progress=advance)
+        except ValueError as e:
+            fail(str(e))
+    path = write_scale(manifest, scale)
+    if scale["cell_fraction"] is None:
+        out_console.print(f"Cell size: no white cell found in {scale['images_measured']} crops; wrote {path}.",
+                          highlight=False)
+    elif scale["crop_um"]:
+        out_console.print(f"Cell size: the white cell fills {100 * scale['cell_fraction']:.0f}% of the crop side "
+                          f"(median of {scale['cells_found']}); crops are {scale['crop_um']:g} um wide at "
+                          f"{um_per_px:g} um/px (cells {scale['cell_diameter_um']:g} um). The device will crop "
+                          f"{scale['crop_um']:g} um around each cell when its profile gives um_per_px. Wrote {path}.",
+                          highlight=False)
+    else:
+        out_console.print(f"Cell size: the white cell fills {100 * scale['cell_fraction']:.0f}% of the crop side "
+                          f"(median of {scale['cells_found']}). No --um-per-px: the device will size each crop by "
+                          f"its cell, which loses cell size as a clue (docs/model-card.md); give the crops' scale "
+                          f"with --um-per-px for physical crops. Wrote {path}.", highlight=False)
+    return scale
+
 
 def split_path_for(manifest: Path) -> Path:
     """Where `data split MANIFEST` writes by default: manifest.csv -> manifest.split.csv, next to it."""

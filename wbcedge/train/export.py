@@ -112,6 +112,8 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     run_dir, out = Path(run_dir), Path(out)
     keras_model = load_run(run_dir)
     spec, classes = keras_model.spec, keras_model.classes
+    from wbcedge.preprocess import crop_policy
+    progress(f"crop policy on the device: {crop_policy(spec)} (the run's preprocess.json)")
     manifest_path = _resolve_manifest(run_dir, opts.data)
     records = read_manifest(manifest_path)
     test = [r for r in records if r.split == "test"]

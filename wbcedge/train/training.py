@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +128,7 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     jit = (cfg.jit_compile == "auto" and bool(gpus)) or cfg.jit_compile == "on"
 
     spec = PreprocessSpec(input_size=cfg.input_size, cell_fraction=cfg.cell_fraction, crop_um=cfg.crop_um)
+    spec = spec_with_data_scale(spec, cfg.manifest, progress)
     records = read_manifest(Path(cfg.manifest))
     train_recs = [r for r in records if r.split == "train"]
     val_recs = [r for r in records if r.split == "val"]
@@ -220,6 +221,41 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
                "train_images": len(x_train), "val_images": len(x_val), "best_val_accuracy": val_acc}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def spec_with_data_scale(spec: PreprocessSpec, manifest: str, progress=print) -> PreprocessSpec:
+    """Fill the crop geometry the config leaves open from the data's measured scale (MANIFEST.scale.json).
+
+    A config's explicit `crop_um` or non-default `cell_fraction` wins; the measured values fill the rest.
+    Prints which crop policy the model will use on the device, and why.
+    """
+    from wbcedge.data.scale import read_scale, scale_path
+    from wbcedge.preprocess import crop_policy
+
+    scale = read_scale(manifest) if manifest else None
+    changes, why = {}, []
+    if scale and scale.get("cell_fraction") and spec.cell_fraction == PreprocessSpec.cell_fraction:
+        changes["cell_fraction"] = scale["cell_fraction"]
+        why.append(f"cell fraction {scale['cell_fraction']:g} measured on {scale['cells_found']} crops")
+    if spec.crop_um is None and scale and scale.get("crop_um"):
+        changes["crop_um"] = scale["crop_um"]
+        why.append(f"crop size {scale['crop_um']:g} um from the data's scale ({scale['um_per_px']:g} um/px)")
+    elif spec.crop_um is not None:
+        why.append(f"crop size {spec.crop_um:g} um from the training config")
+        if scale and scale.get("crop_um") and abs(scale["crop_um"] - spec.crop_um) > 0.05 * spec.crop_um:
+            progress(f"warning: the config says crop_um = {spec.crop_um:g} but {scale_path(manifest)} measured "
+                     f"{scale['crop_um']:g} um for this data; the config wins: fix whichever is wrong")
+        elif not (scale and scale.get("crop_um")):
+            progress(f"warning: crop_um = {spec.crop_um:g} comes from the config, not from this data's scale: make "
+                     f"sure it is this data's crop width (`wbcedge data index --um-per-px` measures it)")
+    elif scale is None:
+        why.append(f"no {scale_path(manifest).name} beside the manifest (run `wbcedge data index --um-per-px` "
+                   "to measure the data's scale)")
+    else:
+        why.append("the data's scale was not given (`wbcedge data index --um-per-px`)")
+    spec = replace(spec, **changes)
+    progress(f"crop policy on the device: {crop_policy(spec)}; because: {'; '.join(why)}")
+    return spec
 
 
 def _finished_run(run_dir: Path, cfg: TrainConfig, progress) -> dict:
