@@ -205,3 +205,87 @@ def test_data_index_measures_the_cell_scale_and_training_uses_it(tmp_path, capsy
     lines.clear()
     spec_with_data_scale(PreprocessSpec(crop_um=40.0), str(split), lines.append)  # a config from another data set
     assert lines[0].startswith("warning: the config says crop_um = 40 but") and "33.62" in lines[0]
+
+
+# ---------------------------------------------------------------- devices: which OpenCV
+
+PI_OS_OPENCV = """
+  GUI:                           GTK3
+    GTK+:                        YES (ver 3.24.38)
+      GThread :                  YES (ver 2.74.6)
+    VTK support:                 NO
+
+  Media I/O:
+  Video I/O:
+    GStreamer:                   YES (1.22.0)
+"""
+JETPACK_OPENCV = """
+  GUI:
+    GTK+ 2.x:                    YES (ver 2.24.32)
+    GThread :                    YES (ver 2.56.4)
+
+  Video I/O:
+    GStreamer:
+      base:                      YES (ver 1.14.5)
+"""
+HEADLESS_OPENCV = """
+  GUI:                           NONE
+    VTK support:                 NO
+
+  Video I/O:
+    GStreamer:                   NO
+"""
+
+
+def test_opencv_build_information_is_read_for_gui_and_gstreamer():
+    from wbcedge.device.opencv_build import OpenCVBuild, check_for, parse_build_information
+    from wbcedge.errors import MissingDependencyError
+
+    assert parse_build_information(PI_OS_OPENCV) == ("GTK3", True)
+    assert parse_build_information(JETPACK_OPENCV)[0] == "GTK+ 2.x" and parse_build_information(JETPACK_OPENCV)[1]
+    assert parse_build_information(HEADLESS_OPENCV) == (None, False)
+    system = OpenCVBuild("4.6.0", "/usr/lib/python3/dist-packages/cv2", None, "GTK3", True)
+    assert check_for(show=True, gstreamer=True, build=system) is system
+    wheel = OpenCVBuild("5.0.0", "/venv/cv2", "opencv-python-headless", None, False)
+    with pytest.raises(MissingDependencyError) as exc:
+        check_for(show=True, build=wheel)
+    message = str(exc.value)
+    assert "GUI support (for --show)" in message and "pip uninstall opencv-python-headless" in message
+    assert "[device-system-cv]" in message
+
+
+def test_run_show_says_which_opencv_before_capture(monkeypatch, capsys, tmp_path):
+    from wbcedge.device import opencv_build
+
+    build = opencv_build.current()
+    code, out, err = run_main(monkeypatch, capsys, "run", "--show", "--out", str(tmp_path / "s"))
+    if build.gui is None:  # the headless wheel here: refused before any frame, saying which OpenCV it found
+        assert code == 5 and f"OpenCV {build.version}" in err and "lacks GUI support" in err
+        assert not (tmp_path / "s").exists()
+    else:
+        assert build.describe() in out
+
+
+def test_device_system_cv_extra_has_no_opencv_and_device_keeps_one(repo_root):
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert not any("opencv" in d for d in project["dependencies"])  # the base never replaces a system OpenCV
+    assert not any("opencv" in d for d in extras["device-system-cv"])
+    assert any(d.startswith("opencv-python-headless") for d in extras["opencv"])
+    assert "wbcedge[device-system-cv,opencv]" in extras["device"] and "wbcedge[report,opencv]" in extras["train"]
+
+
+def test_run_backend_onnx_picks_the_int8_onnx_unless_fp32_is_asked(tmp_path):
+    from wbcedge.bundle import load_bundle
+    from wbcedge.device.session import CountOptions, count_cells
+
+    bundle = load_bundle()
+    assert bundle.model_entry("onnx")["file"] == "model_int8.onnx"
+    assert bundle.model_entry("onnx", "fp32")["file"] == "model_fp32.onnx"
+    assert bundle.model_entry()["file"] == bundle.manifest["default_model"]
+    result = count_cells(CountOptions(backend="onnx", out=tmp_path / "s", count=1))
+    assert result.meta["model_file"] == "model_int8.onnx"

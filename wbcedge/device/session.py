@@ -97,6 +97,10 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
                           f"(see {bundle.path / 'report.md'}). Re-export it, or export with --force if you accept the loss")
     profile = CameraProfile.load(opts.profile) if opts.profile else None
     reference = load_reference(opts.reference) if opts.reference else ADULT_REFERENCE
+    jetson_camera = bool(opts.camera) and opts.camera.split(":")[0] in ("jetson", "csi", "nvargus")
+    if opts.show or jetson_camera:  # say which OpenCV runs, and refuse before capture if it cannot do the job
+        from wbcedge.device.opencv_build import check_for
+        on_message(check_for(show=opts.show, gstreamer=jetson_camera).describe())
     src_arg = str(SAMPLE_FRAMES) if opts.builtin_samples else opts.source
     out = Path(opts.out) if opts.out else default_session_dir()
     pipeline = CellPipeline(bundle, opts.backend, opts.precision, opts.threads, threshold=opts.threshold,
