@@ -56,15 +56,18 @@ def bench_cmd(
     pipeline_frames: int = typer.Option(200, "--pipeline-frames", help="Frames to time the pipeline on "
                                                                        "(the frames are looped over)."),
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Also time the full pipeline on frames."),
-    keras_run: Path = typer.Option(None, "--keras-run", help="Run folder for the Keras model.predict baseline "
+    keras_run: Path = typer.Option(None, "--keras-run", help="Run folder for the Keras baseline (predict_on_batch; model.predict second) "
                                                              "(default: the bundle's source_run under training/runs/ "
                                                              "or runs/; needs TensorFlow)."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Measure the Keras baseline when possible."),
+    profile: Path = typer.Option(None, "--profile", help="Camera profile .toml, as for `wbcedge run --profile`: the "
+                                 "pipeline then uses its focus threshold and scale, as run does (default: none: like "
+                                 "run without one, no focus stage)."),
     compare_to: Path = typer.Option(None, "--compare", help="An earlier bench JSON: print new/old per matching row "
                                                                       "(default: none)."),
     floors: list[str] = typer.Option(None, "--floor", help=escape(FLOOR_HELP)),
     out: Path = typer.Option(None, "--out", "-o", help="Where to keep the result JSON "
-                                                       "(default: bench-<date>-<time>.json in the current folder)."),
+                                                       "(default: runs/bench/bench-<date>-<time>.json)."),
     markdown: Path = typer.Option(None, "--markdown", help="Also write the tables as Markdown (for docs/bench.md) "
                                                                  "(default: none)."),
     json_path: Path = JSON_OPTION,
@@ -100,7 +103,8 @@ def bench_cmd(
     opts = BenchOptions(backends=_csv(backends, "backends", ("tflite", "onnx")),
                         precisions=_csv(precision, "precision", ("int8", "fp16", "fp32")),
                         threads=thread_list, runs=runs, warmup=warmup, repeats=repeats, data=data, frames=frames,
-                        pipeline=pipeline, pipeline_frames=pipeline_frames, baseline=baseline, keras_run=keras_run)
+                        pipeline=pipeline, pipeline_frames=pipeline_frames, baseline=baseline, keras_run=keras_run,
+                        profile=profile)
     result = run_bench(b, opts, progress=_progress)
 
     # Piped into a file or a CI log, rich would fold the table at 80 columns: give it room there.
