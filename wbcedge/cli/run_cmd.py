@@ -44,7 +44,7 @@ def run_cmd(
     opts = CountOptions(source=source, camera=camera, bundle=bundle, profile=profile, count=count, out=out,
                         backend=backend, precision=precision, threads=threads, threshold=threshold,
                         reference=reference, show=show)
-    result = count_cells(opts, on_message=lambda m: console.print(m, markup=False, highlight=False),
+    result = count_cells(opts, on_message=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
                          on_warning=lambda m: err_console.print(f"warning: {m}", markup=False, highlight=False))
     notices = banners(result.meta, result.differential)
     for notice in notices:

@@ -241,14 +241,17 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
         pack(out, out.with_name(out.name + ".tar.gz"))
     if failures and not opts.force:
         below_floor = any("floor" in f for f in failures)
+        over_budget = any("budget" in f or "fully integer" in f for f in failures)
         advice = ("A file below an absolute floor means the model itself is not good enough: train longer, on more "
                   "or better-labelled images, check the split with `wbcedge data check`, or lower the floors in an "
-                  "export config (see export/default.toml) if you accept that. " if below_floor else "Try: ")
+                  "export config (see export/default.toml) if you accept that. " if below_floor else "")
+        if over_budget:
+            advice += ("For the budget, try: more or more varied calibration images (--calib 500), per-channel "
+                       "weights (default), int8 ONNX activations (--activation-type int8), or excluding the failing "
+                       "format. ")
         raise GateFailed(
             "export failed the accuracy gate, bundle marked NOT deployable:\n  " + "\n  ".join(failures) +
-            "\n" + advice + ("For the budget: " if below_floor else "") +
-            "more or more varied calibration images (--calib 500), per-channel weights (default), "
-            "int8 ONNX activations (--activation-type int8), or excluding the failing format; "
+            "\n" + advice +
             "--force marks it deployable anyway and keeps the failure in the report.", report)
     return report
 
