@@ -36,14 +36,14 @@ class OpenCVBuild:
 def parse_build_information(info: str) -> tuple[str | None, bool]:
     """(GUI backend or None, GStreamer on?) from `cv2.getBuildInformation()` text."""
     gui = None
-    section = re.search(r"^[ \t]*GUI:[ \t]*(\S*)(.*?)(?=^[ \t]*\S[^:\n]*:[ \t]*$|\Z)", info, re.M | re.S)
+    section = re.search(r"^[ \t]*GUI:[ \t]*(\S*)(.*?)(?=^[ \t]*\S[^:\n]*:[ \t]*$|\Z)", info, re.MULTILINE | re.DOTALL)
     if section:
         head = section.group(1).strip()
         if head and head.upper() not in ("NONE", "NO"):
             gui = head
         else:
             for name, value in re.findall(r"^[ \t]*(GTK[^:\n]*|QT[^:\n]*|Win32 UI|Cocoa|WAYLAND|Framebuffer)[ \t]*:[ \t]*(\S+)",
-                                          section.group(2), re.M):
+                                          section.group(2), re.MULTILINE):
                 if value.upper().startswith("YES") or re.match(r"\d", value):
                     gui = name.strip()
                     break
