@@ -182,6 +182,7 @@ def test_cli_augment_then_check(tmp_path):
     manifest = tmp_path / "m.csv"
     assert runner.invoke(app, ["data", "index", str(data.SAMPLES_DIR), "--out", str(manifest)]).exit_code == 0
     assert runner.invoke(app, ["data", "split", str(manifest), "--test-per-class", "1"]).exit_code == 0
+    manifest = tmp_path / "m.split.csv"  # split never overwrites its input
     out = tmp_path / "aug"
     res = runner.invoke(app, ["data", "augment", str(manifest), "--out", str(out), "--per-class", "5",
                               "--seed", "3", "--json", str(tmp_path / "aug.json")])

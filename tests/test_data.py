@@ -254,7 +254,7 @@ def split_manifest(root: Path, tmp_path: Path) -> Path:
     assert cli("index", root, "--out", out).exit_code == 0
     res = cli("split", out, "--test-per-class", "2", "--seed", "1")
     assert res.exit_code == 0, res.output
-    return out
+    return tmp_path / "m.split.csv"
 
 
 def rewrite(manifest: Path, change) -> None:
@@ -343,7 +343,7 @@ def test_samples_index_split_and_check_cleanly(tmp_path):
     manifest = tmp_path / "samples.csv"
     assert cli("index", data.SAMPLES_DIR, "--out", manifest).exit_code == 0
     assert cli("split", manifest, "--test-per-class", "1").exit_code == 0
-    res = cli("check", manifest, "--json", "-")
+    res = cli("check", tmp_path / "samples.split.csv", "--json", "-")
     assert res.exit_code == 0
     report = json.loads(res.stdout[res.stdout.index("{"):])
     assert report["ok"] and report["counts"]["monocyte"] == {"train": 2, "val": 1, "test": 1, "excluded": 0}
@@ -369,3 +369,19 @@ def test_known_pbc_cross_class_duplicate_is_reported_and_excluded(pbc_dir, tmp_p
     excluded = [r for r in data.read_manifest(manifest) if r.split == data.EXCLUDED]
     assert sorted(Path(r.path).name for r in excluded) == ["BNE_191112.jpg", "EO_225902.jpg"]
 
+
+
+def test_split_never_overwrites_its_input_and_too_few_images_names_the_options(tmp_path):
+    manifest = tmp_path / "m.csv"
+    assert cli("index", data.SAMPLES_DIR, "--out", manifest).exit_code == 0
+    before = manifest.read_bytes()
+    res = cli("split", manifest, "--test-per-class", "1")
+    assert res.exit_code == 0, res.output
+    assert manifest.read_bytes() == before
+    assert {r.split for r in data.read_manifest(tmp_path / "m.split.csv")} == {"train", "val", "test"}
+    res = cli("split", manifest, "--test-per-class", "1", "--out", manifest)
+    assert res.exit_code == 2 and "is the input manifest" in res.output
+    assert manifest.read_bytes() == before
+    res = cli("split", manifest, "--test-per-class", "4")  # 4 images per class: none left to train on
+    assert res.exit_code == 2
+    assert "--test-per-class" in res.output and "--test-fraction" in res.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,44 @@ def test_export_configs_load_and_default_toml_matches_the_defaults(repo_root, tm
     bad.write_text("max_dorp = 1.0\n")
     with pytest.raises(ValueError, match="max_dorp"):
         ExportOptions.load(bad)
+
+
+def one_class_run(folder, manifest, size=32, always="neutrophil"):
+    """A run folder whose tiny Keras model calls every cell `always` (its last bias forces that class)."""
+    import keras
+
+    from wbcedge.labels import CLASSES
+
+    folder.mkdir(parents=True)
+    bias = np.zeros(len(CLASSES), np.float32)
+    bias[CLASSES.index(always)] = 10.0
+    model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(len(CLASSES), activation="softmax", kernel_initializer="zeros",
+                                                 bias_initializer=keras.initializers.Constant(bias))])
+    model.save(folder / "model.keras")
+    PreprocessSpec(input_size=size).save(folder)
+    (folder / "labels.json").write_text(json.dumps(list(CLASSES)))
+    (folder / "config.json").write_text(json.dumps({"manifest": str(manifest), "batch_size": 8}))
+    return folder
+
+
+def test_gate_floors_refuse_a_model_that_predicts_one_class(export_manifest, tmp_path):
+    run = one_class_run(tmp_path / "one-class", export_manifest)
+    out = tmp_path / "bundle"
+    with pytest.raises(GateFailed) as exc:
+        export(run, out, ExportOptions(int8=False, formats=("tflite",)), progress=lambda m: None)
+    message = str(exc.value)
+    # fp32 loses nothing against float, so only the absolute floors can catch it; each says by how much.
+    assert "accuracy 20.00% is 60.00 points below the floor min_accuracy = 80%" in message
+    assert "basophil recall 0.00% is 50.00 points below the floor min_class_recall = 50%" in message
+    assert "predictions collapse onto neutrophil: 100.0% of the test predictions but 20.0% of the test images, " \
+           "50.0 points over the floor max_share_excess = 30" in message
+    assert "neutrophil recall" not in message
+    report = exc.value.report
+    assert report["files"][0]["accuracy_drop_pp"] == 0 and not report["files"][0]["within_budget"]
+    assert not load_bundle(out).deployable
+    # The strict settings' floors are higher still; lowered floors let the same model through.
+    strict = ExportOptions.load(Path(__file__).resolve().parent.parent / "export" / "strict-clinical.toml")
+    assert strict.min_accuracy > ExportOptions().min_accuracy and strict.max_share_excess < 30
+    lax = ExportOptions(int8=False, formats=("tflite",), min_accuracy=0, min_class_recall=0, max_share_excess=100)
+    assert export(run, tmp_path / "lax", lax, progress=lambda m: None)["failures"] == []

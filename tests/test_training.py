@@ -72,3 +72,17 @@ def test_manifest_without_val_split_is_refused(tmp_path, sample_manifest):
     with pytest.raises(ValueError, match="val"):
         train(TrainConfig(manifest=str(path), model="residual_cnn", input_size=32, epochs=1), tmp_path / "r",
               progress=lambda m: None)
+    assert not (tmp_path / "r").exists()  # a failed start leaves no empty run folder
+
+
+def test_more_epochs_on_a_finished_run_says_how_to_train_further(tiny_run, sample_manifest):
+    run_dir, _ = tiny_run
+    before = (run_dir / "history.csv").read_text()
+    cfg = TrainConfig(manifest=str(sample_manifest), model="residual_cnn", input_size=32, epochs=12,
+                      batch_size=8, augment={}, seed=1)
+    with pytest.raises(ValueError) as exc:
+        train(cfg, run_dir, progress=lambda m: None)
+    message = str(exc.value)
+    assert "finished after 8 epochs" in message
+    assert f"--weights {run_dir / 'model.keras'} --epochs 4 --out {run_dir}-more" in message
+    assert (run_dir / "history.csv").read_text() == before

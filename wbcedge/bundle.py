@@ -118,6 +118,13 @@ class Bundle:
         for m in candidates:
             if m["file"] == default:
                 return m
+        # Another backend than the default's: keep the default's precision (an int8 bundle runs int8 ONNX
+        # too), else int8, taking only a file that passed the gate; fp32 only when asked or nothing else passed.
+        default_precision = next((m["precision"] for m in self.models if m["file"] == default), None)
+        for wanted in (default_precision, "int8"):
+            for m in candidates:
+                if m["precision"] == wanted and m.get("within_budget", True):
+                    return m
         return candidates[0]
 
     def model_path(self, backend: str | None = None, precision: str | None = None) -> Path:

@@ -60,7 +60,7 @@ class OutputFolderError(WbcedgeError):
 
 EXTRAS = {"tensorflow": "train", "keras": "train", "tensorboard": "train", "tf2onnx": "export", "onnx": "export",
           "sklearn": "report", "scipy": "report", "matplotlib": "report",
-          "onnxruntime": "device", "ai_edge_litert": "device"}
+          "onnxruntime": "device", "ai_edge_litert": "device", "cv2": "opencv"}
 """Top-level module -> the pyproject extra that installs it."""
 
 

@@ -92,6 +92,15 @@ def to_model_input(crop_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(resized)
 
 
+def crop_policy(spec: PreprocessSpec) -> str:
+    """In one sentence, how the device will crop cells for a model with this spec."""
+    relative = f"the located cell filling {100 * spec.cell_fraction:.0f}% of the crop side"
+    if spec.crop_um:
+        return (f"physical crops {spec.crop_um:g} um wide around each cell when the camera profile gives um_per_px; "
+                f"without it, {relative}")
+    return f"crops sized relative to each cell ({relative}): no physical crop size is known for the training data"
+
+
 def crop_around_cell(frame_bgr: np.ndarray, box: tuple[int, int, int, int], spec: PreprocessSpec,
                      um_per_px: float | None = None) -> np.ndarray:
     """A square crop centred on a located cell, sized like the training crops.

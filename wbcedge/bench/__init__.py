@@ -5,7 +5,7 @@ baseline (run when a training run is found) imports TensorFlow.
 
 from wbcedge.errors import WbcedgeError
 
-KERAS = "keras"                    # the backend name of the Keras model.predict baseline row
+KERAS = "keras"                    # the backend name of the Keras baseline row (predict_on_batch)
 RESULT_FORMAT = "wbcedge-bench"    # the "format" field of a saved bench JSON
 RESULT_VERSION = 1
 

@@ -64,6 +64,8 @@ class BenchOptions:
     baseline: bool = True                        # the Keras baseline, when TensorFlow and the run are here
     keras_run: Path | None = None                # None: found from the bundle's source_run
     keras_runs: int | None = None                # None: min(runs, 50) (model.predict is slow)
+    profile: Path | None = None                  # camera profile, as `wbcedge run --profile`: its focus threshold
+                                                 # and scale; None: like `run` without one (no focus stage)
 
 
 def tensorflow_installed() -> bool:
@@ -352,23 +354,25 @@ def run_bench(bundle: Bundle, opts: BenchOptions, progress: Callable[[str], None
                    "warmup": min(opts.warmup, 5) if opts.warmup else 0, "repeats": opts.repeats,
                    "inputs_npy": str(inputs_npy), "data_npy": str(data_npy) if data_npy is not None else None}
             res = run_worker(job, tmp)
-            base = {"backend": KERAS, "precision": "fp32", "threads": None, "mode": "model.predict",
+            # The headline baseline is the fair one: the compiled `predict_on_batch`. `model.predict` (what
+            # most code calls, with a large per-call overhead) is the second figure, never the headline.
+            predict = {"first_ms": res["first_ms"], **latency_stats(res["blocks_ms"])}
+            base = {"backend": KERAS, "precision": "fp32", "threads": None, "mode": "predict_on_batch",
                     "file": str(Path(keras_run) / "model.keras"),
                     "size_bytes": (Path(keras_run) / "model.keras").stat().st_size,
-                    "import_ms": res["import_ms"], "load_ms": res["load_ms"], "first_ms": res["first_ms"],
-                    **latency_stats(res["blocks_ms"]), "rss_peak_mb": res["rss_peak_mb"],
+                    "import_ms": res["import_ms"], "load_ms": res["load_ms"], "first_ms": res["on_batch_first_ms"],
+                    **latency_stats(res["on_batch_blocks_ms"]), "rss_peak_mb": res["rss_peak_mb"],
                     "rss_base_mb": res["rss_base_mb"], "runtime": res["runtime"],
-                    "accuracy": None, "accuracy_ci95": None, "accuracy_source": None, "speedup": None}
+                    "accuracy": None, "accuracy_ci95": None, "accuracy_source": None, "speedup": None,
+                    "model_predict": predict}
             base["size_mb"] = base["size_bytes"] / 1e6
             if "predictions" in res:
                 base.update(accuracy_with_ci(y_true, res["predictions"]), accuracy_source="--data")
-            on_batch = latency_stats(res["on_batch_blocks_ms"])
-            base["predict_on_batch"] = {"first_ms": res["on_batch_first_ms"], **on_batch}
             result["baseline"] = base
             for row in result["rows"]:
                 row["speedup"] = base["p50_ms"] / row["p50_ms"] if row["p50_ms"] else None
-                row["speedup_vs_predict_on_batch"] = on_batch["p50_ms"] / row["p50_ms"] if row["p50_ms"] else None
-            progress(f"Keras model.predict p50 {base['p50_ms']:.1f} ms (predict_on_batch {on_batch['p50_ms']:.1f} ms)")
+                row["speedup_vs_model_predict"] = predict["p50_ms"] / row["p50_ms"] if row["p50_ms"] else None
+            progress(f"Keras predict_on_batch p50 {base['p50_ms']:.1f} ms (model.predict {predict['p50_ms']:.1f} ms)")
 
         if opts.pipeline:
             default = next((e for e in entries if e["file"] == bundle.manifest.get("default_model")), entries[0])
@@ -379,7 +383,7 @@ def run_bench(bundle: Bundle, opts: BenchOptions, progress: Callable[[str], None
             job = {"kind": "pipeline", "bundle": str(bundle.path), "backend": default["backend"],
                    "precision": default["precision"], "threads": t, "frames": [str(p) for p in frames],
                    "frames_per_repeat": per_repeat, "repeats": opts.repeats,
-                   "warmup_frames": min(len(frames), 10)}
+                   "warmup_frames": min(len(frames), 10), **_run_settings(opts.profile)}
             res = run_worker(job, tmp)
             result["pipeline"] = pipeline_summary(res, default, t, frames_label)
             p = result["pipeline"]
@@ -447,5 +451,18 @@ def load_result(path: Path) -> dict:
     return data
 
 
+RESULTS_DIR = Path("runs") / "bench"
+
+
 def default_result_path(now: float | None = None) -> Path:
-    return Path(time.strftime("bench-%Y%m%d-%H%M%S.json", time.localtime(now)))
+    """runs/bench/bench-<date>-<time>.json: results gather in one folder, never loose in the current one."""
+    return RESULTS_DIR / time.strftime("bench-%Y%m%d-%H%M%S.json", time.localtime(now))
+
+
+def _run_settings(profile: Path | None) -> dict:
+    """What `wbcedge run --profile` would use for the pipeline: the focus threshold (None: no focus stage) and scale."""
+    if profile is None:
+        return {"blur_threshold": None, "um_per_px": None}
+    from wbcedge.device.capture import CameraProfile
+    p = CameraProfile.load(profile)
+    return {"blur_threshold": p.focus_threshold, "um_per_px": p.um_per_px}

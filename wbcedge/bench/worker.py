@@ -167,7 +167,7 @@ def run_pipeline(job: dict) -> dict:
 
     bundle = load_bundle(Path(job["bundle"]), verify=False)  # the parent verified it
     t0 = time.perf_counter()
-    pipeline = CellPipeline(bundle, job["backend"], job["precision"], job["threads"])
+    pipeline = CellPipeline(bundle, job["backend"], job["precision"], job["threads"], um_per_px=job.get("um_per_px"))
     load_ms = (time.perf_counter() - t0) * 1000
     paths = [Path(p) for p in job["frames"]]
 
@@ -184,8 +184,9 @@ def run_pipeline(job: dict) -> dict:
             pipeline.timer = StageTimer()
             recorder = Recorder(Path(tmp) / f"run{i}")
             source = ImageFilesSource(frames(n), "bench frames")
-            # A focus threshold of ~0 scores every frame (the focus stage is timed) but skips none.
-            result = run_session(source, pipeline, recorder, CellTracker(tracking=False), blur_threshold=1e-9)
+            # Exactly what `wbcedge run` does with the same profile: no focus stage without one.
+            result = run_session(source, pipeline, recorder, CellTracker(tracking=False),
+                                 blur_threshold=job.get("blur_threshold"))
             recorder.close(finished=True)
             if i == 0:
                 continue

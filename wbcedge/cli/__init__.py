@@ -63,6 +63,24 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _flags_show_no_value() -> None:
+    """typer 0.29's rich help prints `<bool>` beside every on/off flag, as if it took a value: show nothing."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "wbcedge", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag and not self.count else shown(self, ctx)
+
+    display_type_rich.wbcedge = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_value()
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,

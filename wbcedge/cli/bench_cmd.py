@@ -13,12 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, err_console, fail, print_error, write_json
+from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, fail, print_error, write_json
 
 FLOOR_HELP = ("Fail (exit 1) when a figure breaks a bound: [BACKEND[/PRECISION[/THREADS]]:]METRIC(>=|<=|=)VALUE, "
               "e.g. fps=30, speedup=10, p50_ms<=5, tflite/int8:p99_ms<=8, accuracy>=95. '=' means at least for "
               "fps, throughput, speedup, accuracy (percent) and at most for p50_ms, p90_ms, p99_ms, first_ms, load_ms, "
-              "rss_mb, size_mb, spread_pct, stage_gap_pct. Repeat the option for several floors.")
+              "rss_mb, size_mb, spread_pct, stage_gap_pct. Repeat the option for several floors (default: none).")
 
 
 def _csv(value: str | None, what: str, allowed: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
@@ -34,7 +34,9 @@ def _csv(value: str | None, what: str, allowed: tuple[str, ...] | None = None) -
     return items
 
 
-@app.command("bench", rich_help_panel="On the device (no TensorFlow)")
+@app.command("bench", rich_help_panel="On the device (no TensorFlow)", epilog=examples(
+        "wbcedge bench                                    # the built-in bundle, writes runs/bench/bench-<date>-<time>.json",
+        "wbcedge bench my-bundle/ --data runs/pbc/manifest.split.csv --threads 1,4 --floor fps=10"))
 def bench_cmd(
     bundle: Path = typer.Argument(None, help="Bundle folder or archive (default: the built-in one).",
                                   show_default=False),
@@ -47,21 +49,27 @@ def bench_cmd(
     repeats: int = typer.Option(3, "--repeats", help="Rounds: each runs every configuration once, in a fresh "
                                                      "process; the spread of their p50 is the benchmark's own noise."),
     data: Path = typer.Option(None, "--data", help="Labelled crops for accuracy with a 95% interval: a folder of "
-                                                   "class folders, or a manifest (its test split)."),
+                                                   "class folders, or a manifest (its test split) (default: none: no "
+                                                   "accuracy)."),
     frames: Path = typer.Option(None, "--frames", help="Folder of microscope frames for the pipeline "
                                                        "(default: the built-in sample frames)."),
     pipeline_frames: int = typer.Option(200, "--pipeline-frames", help="Frames to time the pipeline on "
                                                                        "(the frames are looped over)."),
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Also time the full pipeline on frames."),
-    keras_run: Path = typer.Option(None, "--keras-run", help="Run folder for the Keras model.predict baseline "
+    keras_run: Path = typer.Option(None, "--keras-run", help="Run folder for the Keras baseline (predict_on_batch; model.predict second) "
                                                              "(default: the bundle's source_run under training/runs/ "
                                                              "or runs/; needs TensorFlow)."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Measure the Keras baseline when possible."),
-    compare_to: Path = typer.Option(None, "--compare", help="An earlier bench JSON: print new/old per matching row."),
+    profile: Path = typer.Option(None, "--profile", help="Camera profile .toml, as for `wbcedge run --profile`: the "
+                                 "pipeline then uses its focus threshold and scale, as run does (default: none: like "
+                                 "run without one, no focus stage)."),
+    compare_to: Path = typer.Option(None, "--compare", help="An earlier bench JSON: print new/old per matching row "
+                                                                      "(default: none)."),
     floors: list[str] = typer.Option(None, "--floor", help=escape(FLOOR_HELP)),
     out: Path = typer.Option(None, "--out", "-o", help="Where to keep the result JSON "
-                                                       "(default: bench-<date>-<time>.json in the current folder)."),
-    markdown: Path = typer.Option(None, "--markdown", help="Also write the tables as Markdown (for docs/bench.md)."),
+                                                       "(default: runs/bench/bench-<date>-<time>.json)."),
+    markdown: Path = typer.Option(None, "--markdown", help="Also write the tables as Markdown (for docs/bench.md) "
+                                                                 "(default: none)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Benchmark a bundle on this machine: latency, load time, memory, size, accuracy, pipeline frames/s."""
@@ -95,7 +103,8 @@ def bench_cmd(
     opts = BenchOptions(backends=_csv(backends, "backends", ("tflite", "onnx")),
                         precisions=_csv(precision, "precision", ("int8", "fp16", "fp32")),
                         threads=thread_list, runs=runs, warmup=warmup, repeats=repeats, data=data, frames=frames,
-                        pipeline=pipeline, pipeline_frames=pipeline_frames, baseline=baseline, keras_run=keras_run)
+                        pipeline=pipeline, pipeline_frames=pipeline_frames, baseline=baseline, keras_run=keras_run,
+                        profile=profile)
     result = run_bench(b, opts, progress=_progress)
 
     # Piped into a file or a CI log, rich would fold the table at 80 columns: give it room there.

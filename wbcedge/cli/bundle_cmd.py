@@ -9,13 +9,15 @@ import typer
 from rich.table import Table
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, print_error, write_json
+from wbcedge.cli.common import JSON_OPTION, console, examples, print_error, write_json
 
 bundle_app = typer.Typer(help="Inspect, verify, pack and unpack model bundles.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle", rich_help_panel="On the device (no TensorFlow)")
 
 
-@bundle_app.command("inspect")
+@bundle_app.command("inspect", epilog=examples(
+    "wbcedge bundle inspect                     # the built-in bundle",
+    "wbcedge bundle inspect runs/my-run-bundle"))
 def inspect_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archive (default: the built-in one)."),
                 json_path: Path = JSON_OPTION) -> None:
     """Print what a bundle holds: classes, preprocessing, model files and their gate results."""
@@ -40,7 +42,8 @@ def inspect_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archi
     write_json(json_path, {**m, "verification_problems": problems, "path": str(b.path)})
 
 
-@bundle_app.command("verify")
+@bundle_app.command("verify", epilog=examples(
+    "wbcedge bundle verify runs/my-run-bundle.tar.gz"))
 def verify_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archive (default: the built-in one)."),
                json_path: Path = JSON_OPTION) -> None:
     """Check every file's sha256 and the format version; exit 1 on any problem."""
@@ -57,7 +60,8 @@ def verify_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archiv
     console.print(f"[green]ok[/] {b.path}: {len(b.manifest['files'])} files match the manifest, format v{b.manifest['format_version']}")
 
 
-@bundle_app.command("pack")
+@bundle_app.command("pack", epilog=examples(
+    "wbcedge bundle pack runs/my-run-bundle --out my-model.tar.gz"))
 def pack_cmd(bundle: Path = typer.Argument(..., help="Bundle folder."),
              out: Path = typer.Option(None, "--out", "-o", help="Archive path (default: BUNDLE.tar.gz).")) -> None:
     """Pack a verified bundle folder into one .tar.gz file."""
@@ -68,7 +72,8 @@ def pack_cmd(bundle: Path = typer.Argument(..., help="Bundle folder."),
     console.print(f"wrote {archive}")
 
 
-@bundle_app.command("unpack")
+@bundle_app.command("unpack", epilog=examples(
+    "wbcedge bundle unpack my-model.tar.gz ~/wbcedge/bundle"))
 def unpack_cmd(archive: Path = typer.Argument(..., help="A bundle .tar.gz."),
                dest: Path = typer.Argument(..., help="Folder to unpack into.")) -> None:
     """Unpack and verify an archive; never writes outside DEST."""

@@ -44,4 +44,12 @@ def write_json(path: Path | None, data: Any) -> None:
         raise OutputFolderError(f"cannot write --json {path}: {exc.strerror or exc}; give a writable path") from exc
 
 
-JSON_OPTION = typer.Option(None, "--json", help="Also write the results as JSON to this path ('-' for stdout).")
+JSON_OPTION = typer.Option(None, "--json", help="Also write the results as JSON to this path ('-' for stdout) "
+                           "(default: no JSON).", show_default=False)
+
+
+def examples(*lines: str) -> str:
+    """A verb's help epilog: 'Examples:' then one real command per line (escaped, so `[device]` survives)."""
+    from rich.markup import escape
+
+    return "Examples:\n" + "\n".join(escape(line) for line in lines)

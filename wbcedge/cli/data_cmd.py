@@ -15,7 +15,8 @@ from rich.table import Table
 
 from wbcedge import data
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, err_console, fail, write_json
+from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, fail, write_json
+from wbcedge.data.scale import copy_scale
 from wbcedge.labels import CLASSES, SKIP, UnknownClassError, normalize_class
 
 data_app = typer.Typer(
@@ -30,16 +31,28 @@ MAX_LISTED = 20  # duplicate groups listed one by one; --json always holds all o
 
 # ---------------------------------------------------------------- commands
 
-@data_app.command("index")
+@data_app.command("index", epilog=examples(
+    "wbcedge data index ../shared/data/pbc --out runs/pbc/manifest.csv",
+    "wbcedge data index my_cells/ --map Segmented=neutrophil --map Junk=skip --out runs/mine/manifest.csv"))
 def index_cmd(
     folder: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
     out: Path = typer.Option(Path("manifest.csv"), "--out", "-o", help="Manifest CSV to write."),
     mapping: list[str] = typer.Option(None, "--map", metavar="NAME=CLASS",
                                       help="Map a folder name onto a class, or NAME=skip to leave it out. "
-                                           "Repeat for several folders."),
+                                           "Repeat for several folders (default: folder names as they are)."),
+    um_per_px: float = typer.Option(None, "--um-per-px", min=0.0, help="The crops' scale in micrometres per pixel "
+                                    "(PBC: 0.0934), from the scanner or a stage micrometer; records the physical crop "
+                                    "size the device will crop to (default: none: crops sized relative to each cell)."),
+    scale_sample: int = typer.Option(300, "--scale-sample", min=0, help="Crops to measure the cell size on "
+                                     "(0: do not measure)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
-    """Index a class-folder tree into a manifest: path, label, sha256, width, height."""
+    """Index a class-folder tree into a manifest: path, label, sha256, width, height.
+
+    It also measures how large the white cell is in the crops and writes it, with the
+    physical crop size when --um-per-px is given, to NAME.scale.json beside the manifest;
+    `wbcedge train` reads it to choose how the device will crop cells.
+    """
     out_console = _console_for(json_path)
     class_map = _parse_map(mapping)
     with _progress(out_console, "indexing", None) as advance:
@@ -66,39 +79,50 @@ def index_cmd(
         f"{len(result.problems)} line(s) above: {skipped} file(s) skipped, {kept} kept after conversion, "
         f"{len(result.problems) - skipped - kept} folder(s) empty or left out. {len(duplicates)} group(s) of "
         f"identical files, {len(conflicts)} with conflicting labels.", highlight=False)
+    scale = _measure_scale(out_console, result.records, out, um_per_px, scale_sample)
     out_console.print(f"Indexed {folder}; wrote {out}. Next: wbcedge data split {out}", highlight=False)
     write_json(json_path, {
         "command": "index", "folder": str(folder), "manifest": str(out), "images": len(result.records),
         "counts": counts, "problems": [asdict(p) for p in result.problems],
-        "duplicate_groups": len(duplicates), "conflicting_groups": len(conflicts),
+        "duplicate_groups": len(duplicates), "conflicting_groups": len(conflicts), "scale": scale,
     })
 
 
-@data_app.command("split")
+@data_app.command("split", epilog=examples(
+    "wbcedge data split runs/pbc/manifest.csv --test-per-class 100 --seed 0   # writes runs/pbc/manifest.split.csv",
+    "wbcedge data split runs/mine/manifest.csv --test-fraction 0.2 --out runs/mine/split.csv"))
 def split_cmd(
     manifest: Path = typer.Argument(..., help="Manifest written by `wbcedge data index`."),
     seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same split."),
     test_per_class: int = typer.Option(None, "--test-per-class", min=0,
                                        help="Paper protocol: this many random test images per class "
-                                            "[default: 100 unless --test-fraction is given]."),
+                                            "(default: 100 unless --test-fraction is given)."),
     test_fraction: float = typer.Option(None, "--test-fraction", min=0.0, max=0.99,
-                                        help="Fractional protocol: this share of each class goes to test."),
+                                        help="Fractional protocol: this share of each class goes to test "
+                                             "(default: none: the paper protocol)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.99,
                                        help="Share of the non-test images that goes to val (paper: 80:20)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Manifest to write [default: overwrite MANIFEST]."),
+    out: Path = typer.Option(None, "--out", "-o", help="Split manifest to write; never the input "
+                             "(default: MANIFEST's name with .split.csv, e.g. manifest.split.csv).", show_default=False),
     json_path: Path = JSON_OPTION,
 ) -> None:
-    """Split a manifest into train/val/test; identical files always share a split."""
+    """Split a manifest into train/val/test; identical files always share a split.
+
+    The input manifest is never overwritten: the split goes to --out, by default NAME.split.csv.
+    """
     out_console = _console_for(json_path)
     if test_per_class is not None and test_fraction is not None:
         fail("give --test-per-class (paper protocol) or --test-fraction, not both")
     if test_per_class is None and test_fraction is None:
         test_per_class = 100
-    out = out or manifest
+    out = out or split_path_for(manifest)
+    if out.resolve() == manifest.resolve():
+        fail(f"--out {out} is the input manifest: give another path, e.g. --out {split_path_for(manifest)}")
     records = data.read_manifest(manifest)
     excluded = data.split_records(records, seed=seed, test_per_class=test_per_class,
                                   test_fraction=test_fraction, val_fraction=val_fraction)
     data.write_manifest(records, out)
+    copy_scale(manifest, out)
     _print_problems(out_console, excluded)
     counts = data.counts_by_split(records)
     protocol = (f"{test_per_class} test image(s) per class" if test_per_class is not None
@@ -112,7 +136,8 @@ def split_cmd(
     })
 
 
-@data_app.command("check")
+@data_app.command("check", epilog=examples(
+    "wbcedge data check runs/pbc/manifest.split.csv"))
 def check_cmd(
     manifest: Path = typer.Argument(..., help="Manifest to check (after index, split or augment)."),
     json_path: Path = JSON_OPTION,
@@ -176,7 +201,8 @@ def check_cmd(
         raise typer.Exit(1)
 
 
-@data_app.command("augment")
+@data_app.command("augment", epilog=examples(
+    "wbcedge data augment runs/pbc/manifest.split.csv --out runs/pbc/aug --per-class 4000 --seed 0"))
 def augment_cmd(
     manifest: Path = typer.Argument(..., help="Split manifest (from `wbcedge data split`)."),
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the augmented class folders and "
@@ -200,6 +226,7 @@ def augment_cmd(
         result = data.augment_records(records, out, per_class=per_class, seed=seed, progress=advance)
     new_manifest = out / "manifest.csv"
     data.write_manifest(result.records, new_manifest)
+    copy_scale(manifest, new_manifest)  # augmented copies are zoomed 5-20%: the originals' scale still holds
     _print_problems(out_console, result.problems)
     counts = data.counts_by_split(result.records)
     table = Table(title=f"Augmented train split (seed {seed}, {per_class} per class)")
@@ -220,6 +247,45 @@ def augment_cmd(
 
 
 # ---------------------------------------------------------------- helpers
+
+def _measure_scale(out_console: Console, records: list[data.Record], manifest: Path, um_per_px: float | None,
+                   sample: int) -> dict | None:
+    """Measure the cell scale of the indexed crops into MANIFEST.scale.json and say what it means for the device."""
+    from wbcedge.data.scale import write_scale
+    from wbcedge.device.cell_scale import measure_cell_scale
+
+    if sample == 0:
+        if um_per_px:
+            fail("--um-per-px needs the cell scale measured: drop --scale-sample 0")
+        return None
+    with _progress(out_console, "measuring cell size", min(sample, len(records))) as advance:
+        try:
+            scale = measure_cell_scale([r.path for r in records], um_per_px=um_per_px, max_images=sample,
+                                       progress=advance)
+        except ValueError as e:
+            fail(str(e))
+    path = write_scale(manifest, scale)
+    if scale["cell_fraction"] is None:
+        out_console.print(f"Cell size: no white cell found in {scale['images_measured']} crops; wrote {path}.",
+                          highlight=False)
+    elif scale["crop_um"]:
+        out_console.print(f"Cell size: the white cell fills {100 * scale['cell_fraction']:.0f}% of the crop side "
+                          f"(median of {scale['cells_found']}); crops are {scale['crop_um']:g} um wide at "
+                          f"{um_per_px:g} um/px (cells {scale['cell_diameter_um']:g} um). The device will crop "
+                          f"{scale['crop_um']:g} um around each cell when its profile gives um_per_px. Wrote {path}.",
+                          highlight=False)
+    else:
+        out_console.print(f"Cell size: the white cell fills {100 * scale['cell_fraction']:.0f}% of the crop side "
+                          f"(median of {scale['cells_found']}). No --um-per-px: the device will size each crop by "
+                          f"its cell, which loses cell size as a clue (docs/model-card.md); give the crops' scale "
+                          f"with --um-per-px for physical crops. Wrote {path}.", highlight=False)
+    return scale
+
+
+def split_path_for(manifest: Path) -> Path:
+    """Where `data split MANIFEST` writes by default: manifest.csv -> manifest.split.csv, next to it."""
+    return manifest.with_name(manifest.name.removesuffix(".csv") + ".split.csv")
+
 
 def _console_for(json_path: Path | None) -> Console:
     """Human output goes to stdout, or to stderr when `--json -` claims stdout."""

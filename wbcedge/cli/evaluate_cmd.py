@@ -7,19 +7,24 @@ from pathlib import Path
 import typer
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, fail, write_json
+from wbcedge.cli.common import JSON_OPTION, console, examples, fail, write_json
 
 
-@app.command("evaluate", rich_help_panel="On the training box")
+@app.command("evaluate", rich_help_panel="On the training box", epilog=examples(
+        "wbcedge evaluate training/runs/default-edge --data training/pbc_split.csv",
+        "wbcedge evaluate wbcedge/default_bundle --data training/pbc_split.csv --backend onnx --precision int8",
+        "wbcedge evaluate --frames ../shared/data/bccd        # the cell locator on annotated frames"))
 def evaluate_cmd(
     model: Path = typer.Argument(None, help="A run folder or a bundle (folder or .tar.gz)."),
-    data: Path = typer.Option(None, "--data", help="A split manifest (its test split is used) or a class-folder tree."),
+    data: Path = typer.Option(None, "--data", help="A split manifest (its test split is used) or a class-folder tree "
+                                                "(default: none: give it, or --frames)."),
     split: str = typer.Option("test", "--split", help="Which split of a manifest to use."),
     out: Path = typer.Option(None, "--out", "-o", help="Report folder (default: MODEL/eval-<split>)."),
-    compare: Path = typer.Option(None, "--compare", help="A second model: McNemar test on the same images."),
+    compare: Path = typer.Option(None, "--compare", help="A second model: McNemar test on the same images (default: none)."),
     backend: str = typer.Option(None, "--backend", help="For a bundle: tflite or onnx (default: the bundle's)."),
-    precision: str = typer.Option(None, "--precision", help="For a bundle: int8 or fp32."),
-    frames: Path = typer.Option(None, "--frames", help="Evaluate white-cell localization on a VOC folder of frames instead."),
+    precision: str = typer.Option(None, "--precision", help="For a bundle: int8 or fp32 (default: the bundle's)."),
+    frames: Path = typer.Option(None, "--frames", help="Evaluate white-cell localization on a VOC folder of frames instead "
+                                                   "(default: none: classify crops)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Evaluate a model on held-out crops (or the cell locator on annotated frames)."""

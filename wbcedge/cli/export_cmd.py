@@ -8,16 +8,20 @@ import typer
 from rich.table import Table
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, fail, print_error, write_json
+from wbcedge.cli.common import JSON_OPTION, console, examples, fail, print_error, write_json
 
 
-@app.command("export", rich_help_panel="On the training box")
+@app.command("export", rich_help_panel="On the training box", epilog=examples(
+        "wbcedge export training/runs/default-edge --int8 --out runs/default-edge-bundle",
+        "wbcedge export runs/my-run --config export/strict-clinical.toml"))
 def export_cmd(
     run: Path = typer.Argument(..., help="A run folder from `wbcedge train`."),
-    int8: bool = typer.Option(None, "--int8/--no-int8", help="Also full-integer int8 files, checked against the float model.", show_default=False),
-    config: Path = typer.Option(None, "--config", "-c", help="Export settings (.toml), e.g. export/default.toml; flags override it."),
+    int8: bool = typer.Option(None, "--int8/--no-int8", help="Also full-integer int8 files, checked against the float model "
+                              "(default: no, or the config's).", show_default=False),
+    config: Path = typer.Option(None, "--config", "-c", help="Export settings (.toml), e.g. export/default.toml; flags override it "
+                                "(default: none: the settings of export/default.toml)."),
     formats: str = typer.Option(None, "--format", help="Comma-separated: tflite, onnx (default tflite,onnx)."),
-    float16: bool = typer.Option(None, "--float16", help="Also a float16-weights TFLite file.", show_default=False),
+    float16: bool = typer.Option(None, "--float16", help="Also a float16-weights TFLite file (default: no).", show_default=False),
     calib: int = typer.Option(None, "--calib", help="Calibration images, class-stratified from the train split (default 300)."),
     max_drop: float = typer.Option(None, "--max-drop", help="Accuracy points a file may lose against float (default 1.0)."),
     max_class_drop: float = typer.Option(None, "--max-class-drop", help="Recall points any class may lose (default 3.0)."),
@@ -25,7 +29,7 @@ def export_cmd(
     threshold: float = typer.Option(None, "--threshold", help="Below this confidence a cell is 'unidentified' (default 0.6)."),
     data: Path = typer.Option(None, "--data", help="Split manifest (default: the one the run trained on)."),
     out: Path = typer.Option(None, "--out", "-o", help="Bundle folder (default: RUN-bundle)."),
-    archive: bool = typer.Option(None, "--archive", help="Also write BUNDLE.tar.gz.", show_default=False),
+    archive: bool = typer.Option(None, "--archive", help="Also write BUNDLE.tar.gz (default: no).", show_default=False),
     force: bool = typer.Option(False, "--force", help="Mark the bundle deployable even over budget (the report keeps the failure)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
@@ -75,5 +79,6 @@ def _table(report: dict) -> Table:
         table.add_row(e["file"], f"{e['size_bytes'] / 1e6:.2f} MB",
                       f"{100 * e['accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]", f"{e['accuracy_drop_pp']:+.2f}",
                       f"{worst[0][:4]} {worst[1]:+.2f}", f"{100 * e['agreement_with_float']:.1f}%",
-                      "[green]ok[/]" if e["within_budget"] else "[red]OVER BUDGET[/]")
+                      "[green]ok[/]" if e["within_budget"] else
+                      "[red]BELOW FLOOR[/]" if any("floor" in f for f in e["budget_failures"]) else "[red]OVER BUDGET[/]")
     return table

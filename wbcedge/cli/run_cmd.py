@@ -7,17 +7,23 @@ from pathlib import Path
 import typer
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, err_console, write_json
+from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, write_json
 
 
-@app.command("run", rich_help_panel="On the device (no TensorFlow)")
+@app.command("run", rich_help_panel="On the device (no TensorFlow)", epilog=examples(
+        "wbcedge run                          # a demonstration on the built-in frames (another microscope)",
+        "wbcedge run --source slide01/ --profile device/profiles/usb-microscope.toml --count 200",
+        "wbcedge run --camera jetson --profile device/profiles/jetson-csi.toml --count 100 --show"))
 def run_cmd(
     source: str = typer.Option(None, "--source", "-s", help="Image, folder, glob or video file (default: built-in sample frames)."),
     camera: str = typer.Option(None, "--camera", help="A live camera: auto (also a bare --camera), pi, jetson, "
-                               "or a V4L2 index such as 0.", show_default=False),
+                               "or a V4L2 index such as 0 (default: no camera: --source or the built-in frames).",
+                               show_default=False),
     bundle: Path = typer.Option(None, "--bundle", "-b", help="Bundle folder or archive (default: the built-in one)."),
-    profile: Path = typer.Option(None, "--profile", help="Camera profile .toml (see device/profiles/)."),
-    count: int = typer.Option(None, "--count", help="Stop once this many cells are classified (100, 200, 400)."),
+    profile: Path = typer.Option(None, "--profile", help="Camera profile .toml with the scale (um per pixel) and focus threshold, "
+                                "see device/profiles/ (default: none: no focus check, crops sized relative to each cell)."),
+    count: int = typer.Option(None, "--count", help="Stop once this many cells are classified (100, 200, 400) (default: no limit: until the "
+                                "source ends or Ctrl-C)."),
     out: Path = typer.Option(None, "--out", "-o", help="Session folder (default: runs/session-<date>-<time>)."),
     backend: str = typer.Option(None, "--backend", help="tflite or onnx (default: the bundle's default model)."),
     precision: str = typer.Option(None, "--precision", help="int8 or fp32 (default: the bundle's default model)."),
@@ -28,19 +34,29 @@ def run_cmd(
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Locate, classify and count white cells; write the session folder and print the differential."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from wbcedge.device.banner import banners
     from wbcedge.device.report import format_differential
     from wbcedge.device.session import CountOptions, count_cells
 
     opts = CountOptions(source=source, camera=camera, bundle=bundle, profile=profile, count=count, out=out,
                         backend=backend, precision=precision, threads=threads, threshold=threshold,
                         reference=reference, show=show)
-    result = count_cells(opts, on_message=lambda m: console.print(m, markup=False, highlight=False),
+    result = count_cells(opts, on_message=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
                          on_warning=lambda m: err_console.print(f"warning: {m}", markup=False, highlight=False))
+    notices = banners(result.meta, result.differential)
+    for notice in notices:
+        console.print(Panel(Text(notice), style="bold yellow", expand=False))
     console.print(format_differential(result.differential))
     if result.timing:
         fps = result.timing.get("fps_end_to_end") or 0
         console.print(f"{result.frames_seen} frames ({result.frames_blurred} blurred), {fps:.1f} frames/s; "
                       f"stop: {result.stop_reason}; report: {result.paths['html']}", markup=False, highlight=False)
+    for notice in notices:  # again under the table, where the eye lands last
+        console.print(notice.split(":")[0] + ": see the notice above.", style="bold yellow", markup=False,
+                      highlight=False)
     write_json(json_path, {"session_dir": str(result.session_dir), "run_dir": str(result.session_dir),
                            "differential": result.differential, "meta": result.meta})
     if result.error:

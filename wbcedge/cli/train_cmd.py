@@ -9,26 +9,34 @@ import typer
 from rich.table import Table
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, fail, write_json
+from wbcedge.cli.common import JSON_OPTION, console, examples, fail, write_json
 
 
-@app.command("train", rich_help_panel="On the training box")
+@app.command("train", rich_help_panel="On the training box", epilog=examples(
+        "wbcedge train --config training/default-edge.toml --out runs/default-edge",
+        "wbcedge train runs/pbc/aug/manifest.csv --model mobilenet_v2 --alpha 0.35 --epochs 20 --out runs/my-run",
+        "wbcedge train --config training/paper-resnet50.toml --out runs/paper-resnet50 --weights imagenet"))
 def train_cmd(
     manifest: Path = typer.Argument(None, help="Split manifest (from `wbcedge data split`); or give --config."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (rerun the same command to resume)."),
-    config: Path = typer.Option(None, "--config", "-c", help="A training config (.toml), e.g. training/resnet50.toml."),
-    model: str = typer.Option(None, "--model", help="residual_cnn, mobilenet_v2, inception_v3, xception, resnet50."),
-    input_size: int = typer.Option(None, "--input-size", help="Input side in pixels (paper: 224)."),
-    alpha: float = typer.Option(None, "--alpha", help="Width multiplier (mobilenet_v2)."),
-    weights: str = typer.Option(None, "--weights", help="imagenet, none, or a weights file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (rerun the same command to resume an interrupted run)."),
+    config: Path = typer.Option(None, "--config", "-c", help="A training config (.toml), e.g. training/default-edge.toml or "
+                                "training/paper-resnet50.toml; flags override it (default: none: the built-in defaults)."),
+    model: str = typer.Option(None, "--model", help="residual_cnn, mobilenet_v2, inception_v3, xception, resnet50 "
+                             "(default: mobilenet_v2, or the config's)."),
+    input_size: int = typer.Option(None, "--input-size", help="Input side in pixels (paper: 224) (default: 128, or the config's)."),
+    alpha: float = typer.Option(None, "--alpha", help="Width multiplier (mobilenet_v2) (default: 1.0, or the config's)."),
+    weights: str = typer.Option(None, "--weights", help="imagenet, none, or a weights file (default: none, or the config's)."),
     weights_fallback: bool = typer.Option(False, "--weights-fallback",
                                           help="If ImageNet weights cannot be loaded, train from scratch instead of failing."),
-    epochs: int = typer.Option(None, "--epochs"),
-    frozen_epochs: int = typer.Option(None, "--frozen-epochs", help="Transfer learning: epochs with the backbone frozen."),
-    batch_size: int = typer.Option(None, "--batch-size"),
-    learning_rate: float = typer.Option(None, "--lr"),
-    seed: int = typer.Option(None, "--seed"),
-    max_train_images: int = typer.Option(None, "--max-train-images", help="Use a subset (quick checks)."),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs to train, in all (default: 20, or the config's)."),
+    frozen_epochs: int = typer.Option(None, "--frozen-epochs", help="Transfer learning: epochs with the backbone frozen "
+                                       "(default: 0, or the config's)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default: 64, or the config's)."),
+    learning_rate: float = typer.Option(None, "--lr", help="Peak learning rate (cosine decay) "
+                                        "(default: 0.002, or the config's)."),
+    seed: int = typer.Option(None, "--seed", help="Random seed (default: 0, or the config's)."),
+    max_train_images: int = typer.Option(None, "--max-train-images", help="Use a subset of the train split (quick checks) "
+                                          "(default: all)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Train a model; writes model.keras, preprocess.json, history.csv and the run's provenance."""

@@ -75,7 +75,8 @@ def split_records(records: list[Record], seed: int = 0, test_per_class: int | No
         n_test = test_per_class if test_per_class is not None else round(n_images * test_fraction)
         if n_test >= n_images:
             raise InputDataError(f"class {label} has {n_images} images, not enough for {n_test} test images "
-                             f"and a train split: ask for fewer test images per class")
+                                 f"and a train split: ask for fewer test images with --test-per-class N "
+                                 f"(paper: 100) or a share with --test-fraction 0.2")
         taken = 0
         rest: list[list[Record]] = []
         for g in class_groups:

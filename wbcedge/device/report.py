@@ -20,11 +20,13 @@ import io
 import json
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from rich.table import Table
 
+from wbcedge.device.banner import banners
 from wbcedge.device.records import DB_FILE, CellRow, OutputError, read_cells
 from wbcedge.jsonable import to_jsonable
 
@@ -117,6 +119,8 @@ table{border-collapse:collapse;margin:.5rem 0}th,td{padding:.3rem .7rem;border-b
 th:first-child,td:first-child{text-align:left}th{background:#f5f5f5}
 .low{color:#a15c00;font-weight:bold}.high{color:#b00020;font-weight:bold}.muted{color:#777}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem}
+.banner{background:#fdecea;border:2px solid #b00020;color:#5f0010;font-weight:bold;padding:.7rem 1rem}
+td table{margin:0}td table td{border:none;padding:.1rem .5rem .1rem 0;text-align:left}
 .gallery{display:flex;flex-wrap:wrap;gap:.5rem}
 figure{margin:0;width:132px;font-size:.75rem;text-align:center}
 figure img{width:128px;height:128px;object-fit:contain;background:#eee;border:1px solid #ccc}
@@ -132,6 +136,8 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
              "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
              "<title>White cell differential</title>", f"<style>{_CSS}</style></head><body>",
              "<h1>White cell differential</h1>"]
+    for notice in banners(meta, diff):
+        parts.append(f"<p class=\"banner\" role=\"alert\">{e(notice)}</p>")
     parts.append(f"<p>{e(_caption(diff))}</p>")
     if diff["classified"] and diff["classified"] < 100:
         parts.append("<p class=\"note\">A differential is usually based on at least 100 white cells.</p>")
@@ -156,8 +162,7 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
     if meta:
         parts.append("<h2>Run</h2><table><tbody>")
         for key, value in meta.items():
-            text = value if isinstance(value, str) else json.dumps(value, default=to_jsonable)
-            parts.append(f"<tr><td>{e(str(key))}</td><td style=\"text-align:left\">{e(str(text))}</td></tr>")
+            parts.append(f"<tr><td>{e(str(key))}</td><td style=\"text-align:left\">{_html_value(value)}</td></tr>")
         parts.append("</tbody></table>")
 
     parts.append("<h2>Cells</h2>")
@@ -188,6 +193,31 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
 
 
 # ---------------------------------------------------------------- helpers
+
+def _html_value(value: Any) -> str:
+    """A run fact as people read it: nested tables for dicts (e.g. timing), numbers rounded, never raw JSON."""
+    e = html.escape
+    if isinstance(value, Mapping):
+        if not value:
+            return "—"
+        rows = "".join(f"<tr><td>{e(str(k))}</td><td>{_html_value(v)}</td></tr>" for k, v in value.items())
+        return f"<table><tbody>{rows}</tbody></table>"
+    if isinstance(value, (list, tuple)):
+        return e(", ".join(_plain(v) for v in value)) or "—"
+    return e(_plain(value))
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:,.2f}".rstrip("0").rstrip(".")
+    if isinstance(value, (str, int)):
+        return str(value)
+    return json.dumps(value, default=to_jsonable)
+
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from wbcedge.errors import BundleFormatError, MissingDependencyError, ModelLoadError
+from wbcedge.quiet import XNNPACK_NOTICE, quiet_fds
 
 BACKENDS = ("tflite", "onnx")
 
@@ -85,11 +86,12 @@ class Classifier:
         if batch not in self._interps:
             if len(self._interps) >= 8:  # a frame with an unusual number of cells: don't keep it
                 self._interps.pop(max(self._interps))
-            interp = self._interpreter_class(model_path=str(self.path), num_threads=self.threads)
-            index = interp.get_input_details()[0]["index"]
-            if interp.get_input_details()[0]["shape"][0] != batch:
-                interp.resize_tensor_input(index, [batch, *interp.get_input_details()[0]["shape"][1:]])
-            interp.allocate_tensors()
+            with quiet_fds(drop=XNNPACK_NOTICE):  # LiteRT announces XNNPACK on every interpreter
+                interp = self._interpreter_class(model_path=str(self.path), num_threads=self.threads)
+                index = interp.get_input_details()[0]["index"]
+                if interp.get_input_details()[0]["shape"][0] != batch:
+                    interp.resize_tensor_input(index, [batch, *interp.get_input_details()[0]["shape"][1:]])
+                interp.allocate_tensors()
             self._interps[batch] = interp
         return self._interps[batch]
 

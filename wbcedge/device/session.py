@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from wbcedge.device.banner import CHECK_KEY
 from wbcedge.errors import InputDataError
 
 SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "samples" / "frames"
@@ -96,6 +97,10 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
                           f"(see {bundle.path / 'report.md'}). Re-export it, or export with --force if you accept the loss")
     profile = CameraProfile.load(opts.profile) if opts.profile else None
     reference = load_reference(opts.reference) if opts.reference else ADULT_REFERENCE
+    jetson_camera = bool(opts.camera) and opts.camera.split(":")[0] in ("jetson", "csi", "nvargus")
+    if opts.show or jetson_camera:  # say which OpenCV runs, and refuse before capture if it cannot do the job
+        from wbcedge.device.opencv_build import check_for
+        on_message(check_for(show=opts.show, gstreamer=jetson_camera).describe())
     src_arg = str(SAMPLE_FRAMES) if opts.builtin_samples else opts.source
     out = Path(opts.out) if opts.out else default_session_dir()
     pipeline = CellPipeline(bundle, opts.backend, opts.precision, opts.threads, threshold=opts.threshold,
@@ -110,7 +115,9 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
         "source": getattr(src, "label", src_arg), "builtin_samples": opts.builtin_samples,
         "bundle": str(bundle.path), "model_file": pipeline.model_entry["file"], "threshold": pipeline.threshold,
         "profile": profile.to_dict() if profile else None, "count_target": opts.count,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        # the bundle's measured accuracy on another microscope, for the demo and shift banners
+        CHECK_KEY: bundle.manifest.get(CHECK_KEY)}
     for k, v in meta.items():
         recorder.set_meta(k, v)
     on_message(f"counting white cells from {meta['source']} with {bundle.path.name}/{pipeline.model_entry['file']} -> {out}")

@@ -22,9 +22,11 @@ from wbcedge.data import Record, read_manifest
 from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.evaluation.metrics import classification_results
 from wbcedge.labels import CLASSES
+from wbcedge.quiet import quiet_fds
 from wbcedge.tomlfile import read_toml
 
 TFLITE_INT8 = "model_int8.tflite"
+EXPORT_LOG = "export.log"
 
 
 @dataclass
@@ -35,6 +37,12 @@ class ExportOptions:
     calib: int = 300                 # calibration images, class-stratified from the train split
     max_drop: float = 1.0            # accuracy points a file may lose against float
     max_class_drop: float = 3.0      # recall points any class may lose
+    # Absolute floors (percent): the budget above only compares a file with the float model, so a
+    # useless model (e.g. one class for everything) would pass it; these refuse it outright.
+    min_accuracy: float = 80.0       # overall accuracy on the test split
+    min_class_recall: float = 50.0   # recall of every class
+    max_share_excess: float = 30.0   # points by which a class's share of the predictions may exceed its share
+                                     # of the test images (one class for everything: 100 - 20 = 80 on 5 balanced)
     activation_type: str = "uint8"   # ONNX activations: uint8 (U8S8, fastest on x86/ARM) or int8
     per_channel: bool = True
     threshold: float = 0.6           # below this top-1 probability a cell is "unidentified"
@@ -104,6 +112,8 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     run_dir, out = Path(run_dir), Path(out)
     keras_model = load_run(run_dir)
     spec, classes = keras_model.spec, keras_model.classes
+    from wbcedge.preprocess import crop_policy
+    progress(f"crop policy on the device: {crop_policy(spec)} (the run's preprocess.json)")
     manifest_path = _resolve_manifest(run_dir, opts.data)
     records = read_manifest(manifest_path)
     test = [r for r in records if r.split == "test"]
@@ -129,27 +139,37 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    log = out / EXPORT_LOG  # the converters' and TensorFlow's own output: hundreds of lines, kept off the console
+
+    def converting():
+        return quiet_fds(log=log, stdout=True)
+
     metadata = {"wbcedge.labels": json.dumps(classes), "wbcedge.preprocess": json.dumps(spec.to_dict())}
     files: list[tuple[str, str, str]] = []  # (file, backend, precision)
     if "tflite" in opts.formats:
         progress("TFLite float32")
-        convert.to_tflite(keras_model.keras_model, out / "model_fp32.tflite", "fp32")
+        with converting():
+            convert.to_tflite(keras_model.keras_model, out / "model_fp32.tflite", "fp32")
         files.append(("model_fp32.tflite", "tflite", "fp32"))
         if opts.float16:
-            convert.to_tflite(keras_model.keras_model, out / "model_fp16.tflite", "fp16")
+            with converting():
+                convert.to_tflite(keras_model.keras_model, out / "model_fp16.tflite", "fp16")
             files.append(("model_fp16.tflite", "tflite", "fp16"))
         if opts.int8:
             progress("TFLite int8 (full integer)")
-            convert.to_tflite(keras_model.keras_model, out / TFLITE_INT8, "int8", calibration)
+            with converting():
+                convert.to_tflite(keras_model.keras_model, out / TFLITE_INT8, "int8", calibration)
             files.append((TFLITE_INT8, "tflite", "int8"))
     if "onnx" in opts.formats:
         progress("ONNX float32")
-        convert.to_onnx(keras_model.keras_model, out / "model_fp32.onnx", metadata)
+        with converting():
+            convert.to_onnx(keras_model.keras_model, out / "model_fp32.onnx", metadata)
         files.append(("model_fp32.onnx", "onnx", "fp32"))
         if opts.int8:
             progress(f"ONNX int8 (QDQ, {opts.activation_type} activations, per-channel weights)")
-            convert.quantize_onnx(out / "model_fp32.onnx", out / "model_int8.onnx", calibration,
-                                  opts.activation_type, opts.per_channel, metadata)
+            with converting():
+                convert.quantize_onnx(out / "model_fp32.onnx", out / "model_int8.onnx", calibration,
+                                      opts.activation_type, opts.per_channel, metadata)
             files.append(("model_int8.onnx", "onnx", "int8"))
 
     float_pred = float_probs.argmax(1)
@@ -176,6 +196,7 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
         for c, d in class_drops.items():
             if d > opts.max_class_drop:
                 broken.append(f"{c} recall fell {d:.2f} points (budget {opts.max_class_drop})")
+        broken += floor_failures(y_test, probs.argmax(1), res, classes, opts)
         if precision == "int8" and backend == "tflite" and not entry["quantization"]["fully_integer"]:
             broken.append("the file is not fully integer (float tensors remain)")
         entry["within_budget"] = not broken
@@ -192,6 +213,8 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
         "float": {"accuracy": float_res["accuracy"], "accuracy_ci95": float_res["accuracy_ci95"],
                   "recall": {c: float_res["per_class"][c]["recall"] for c in classes}},
         "budget": {"max_drop_pp": opts.max_drop, "max_class_drop_pp": opts.max_class_drop},
+        "floors": {"min_accuracy_pct": opts.min_accuracy, "min_class_recall_pct": opts.min_class_recall,
+                   "max_share_excess_pp": opts.max_share_excess},
         "files": entries, "failures": failures, "forced": bool(failures and opts.force),
         "calibration": {"images": len(calibration), "per_channel": opts.per_channel,
                         "onnx_activation_type": opts.activation_type,
@@ -217,12 +240,44 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     if opts.archive:
         pack(out, out.with_name(out.name + ".tar.gz"))
     if failures and not opts.force:
+        below_floor = any("floor" in f for f in failures)
+        over_budget = any("budget" in f or "fully integer" in f for f in failures)
+        advice = ("A file below an absolute floor means the model itself is not good enough: train longer, on more "
+                  "or better-labelled images, check the split with `wbcedge data check`, or lower the floors in an "
+                  "export config (see export/default.toml) if you accept that. " if below_floor else "")
+        if over_budget:
+            advice += ("For the budget, try: more or more varied calibration images (--calib 500), per-channel "
+                       "weights (default), int8 ONNX activations (--activation-type int8), or excluding the failing "
+                       "format. ")
         raise GateFailed(
-            "export over the accuracy budget, bundle marked NOT deployable:\n  " + "\n  ".join(failures) +
-            "\nTry: more or more varied calibration images (--calib 500), per-channel weights (default), "
-            "int8 ONNX activations (--activation-type int8), or excluding the failing format; "
+            "export failed the accuracy gate, bundle marked NOT deployable:\n  " + "\n  ".join(failures) +
+            "\n" + advice +
             "--force marks it deployable anyway and keeps the failure in the report.", report)
     return report
+
+
+def floor_failures(y_true: np.ndarray, y_pred: np.ndarray, results: dict, classes: list[str],
+                   opts: ExportOptions) -> list[str]:
+    """The absolute floors one file breaks, each naming the floor and by how much it is missed."""
+    broken = []
+    acc = 100 * results["accuracy"]
+    if acc < opts.min_accuracy:
+        broken.append(f"accuracy {acc:.2f}% is {opts.min_accuracy - acc:.2f} points below the floor "
+                      f"min_accuracy = {opts.min_accuracy:g}%")
+    for c in classes:
+        recall = 100 * results["per_class"][c]["recall"]
+        if results["per_class"][c].get("support", 1) and recall < opts.min_class_recall:
+            broken.append(f"{c} recall {recall:.2f}% is {opts.min_class_recall - recall:.2f} points below the floor "
+                          f"min_class_recall = {opts.min_class_recall:g}%")
+    n = max(1, len(y_true))
+    for i, c in enumerate(classes):
+        predicted, actual = 100 * float(np.sum(y_pred == i)) / n, 100 * float(np.sum(y_true == i)) / n
+        excess = predicted - actual
+        if excess > opts.max_share_excess:
+            broken.append(f"predictions collapse onto {c}: {predicted:.1f}% of the test predictions but {actual:.1f}% "
+                          f"of the test images, {excess - opts.max_share_excess:.1f} points over the floor "
+                          f"max_share_excess = {opts.max_share_excess:g}")
+    return broken
 
 
 def report_markdown(report: dict) -> str:
@@ -231,7 +286,11 @@ def report_markdown(report: dict) -> str:
              f"{100 * report['float']['accuracy']:.2f}% (95% CI {100 * report['float']['accuracy_ci95'][0]:.2f}-"
              f"{100 * report['float']['accuracy_ci95'][1]:.2f}).", "",
              f"Budget: at most {report['budget']['max_drop_pp']} points accuracy drop, "
-             f"{report['budget']['max_class_drop_pp']} points in any class recall.", "",
+             f"{report['budget']['max_class_drop_pp']} points in any class recall." +
+             (f" Floors: accuracy at least {report['floors']['min_accuracy_pct']:g}%, every class recall at least "
+              f"{report['floors']['min_class_recall_pct']:g}%, no class predicted more than "
+              f"{report['floors']['max_share_excess_pp']:g} points above its share of the test images."
+              if "floors" in report else ""), "",
              "| file | precision | size | accuracy (95% CI) | drop (pp) | worst class drop (pp) | agreement | quantization read back | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
     for e in report["files"]:

@@ -63,6 +63,9 @@ def load_run(run_dir: Path) -> Predictor:
     run_dir = Path(run_dir)
     if not is_run_folder(run_dir):
         raise InputFileMissingError(f"{run_dir} is not a run folder (no model.keras): train one with `wbcedge train`")
+    from wbcedge.train.tf_import import import_tensorflow
+
+    import_tensorflow()
     import keras
 
     import wbcedge.train.models  # noqa: F401  (custom objects, if any, register on import)

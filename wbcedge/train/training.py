@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,17 +107,18 @@ def _augment_fn(tf, cfg: dict, seed: int):
 
 def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     """Train and write the run folder; returns a summary. Rerunning resumes an interrupted run."""
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").is_file():
+        return _finished_run(run_dir, cfg, progress)
+
+    from wbcedge.train.tf_import import import_tensorflow
+
+    tf = import_tensorflow()
     import keras
-    import tensorflow as tf
 
     from wbcedge.train.models import ModelOptions, create_model
     from wbcedge.train.models.applications import backbone_of
 
-    run_dir = Path(run_dir)
-    if (run_dir / "summary.json").is_file():
-        progress(f"{run_dir} holds a finished run; nothing to do (use a new --out to train again)")
-        return json.loads((run_dir / "summary.json").read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -127,6 +128,7 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     jit = (cfg.jit_compile == "auto" and bool(gpus)) or cfg.jit_compile == "on"
 
     spec = PreprocessSpec(input_size=cfg.input_size, cell_fraction=cfg.cell_fraction, crop_um=cfg.crop_um)
+    spec = spec_with_data_scale(spec, cfg.manifest, progress)
     records = read_manifest(Path(cfg.manifest))
     train_recs = [r for r in records if r.split == "train"]
     val_recs = [r for r in records if r.split == "val"]
@@ -161,7 +163,9 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
         model = create_model(options=options)
     backbone = backbone_of(model)
 
-    # Save the description first, so an interrupted run folder still says what it is.
+    # Save the description first, so an interrupted run folder still says what it is. The folder is made
+    # only now: a start that fails (bad manifest, missing weights) leaves no empty run folder behind.
+    run_dir.mkdir(parents=True, exist_ok=True)
     spec.save(run_dir)
     (run_dir / "labels.json").write_text(json.dumps(list(CLASSES)) + "\n")
     (run_dir / "config.json").write_text(json.dumps({**asdict(cfg), "model_options": options.to_dict()}, indent=2) + "\n")
@@ -206,7 +210,8 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
         ]
         progress(f"phase {phase}: epochs {epoch0 + 1}-{end_epoch}, learning rate {lr:g}")
         model.fit(train_ds, validation_data=val_ds, epochs=end_epoch, initial_epoch=epoch0,
-                  class_weight=class_weight, callbacks=callbacks, verbose=0)
+                  class_weight=class_weight, callbacks=callbacks, verbose=0,
+                  shuffle=False)  # the dataset shuffles itself; Keras would warn that shuffle=True is ignored
         epoch0 = end_epoch
 
     best = keras.saving.load_model(run_dir / "model.keras")
@@ -215,6 +220,57 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     summary = {"run_dir": str(run_dir), "model": cfg.model, "params": int(model.count_params()),
                "train_images": len(x_train), "val_images": len(x_val), "best_val_accuracy": val_acc}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def spec_with_data_scale(spec: PreprocessSpec, manifest: str, progress=print) -> PreprocessSpec:
+    """Fill the crop geometry the config leaves open from the data's measured scale (MANIFEST.scale.json).
+
+    A config's explicit `crop_um` or non-default `cell_fraction` wins; the measured values fill the rest.
+    Prints which crop policy the model will use on the device, and why.
+    """
+    from wbcedge.data.scale import read_scale, scale_path
+    from wbcedge.preprocess import crop_policy
+
+    scale = read_scale(manifest) if manifest else None
+    changes, why = {}, []
+    if scale and scale.get("cell_fraction") and spec.cell_fraction == PreprocessSpec.cell_fraction:
+        changes["cell_fraction"] = scale["cell_fraction"]
+        why.append(f"cell fraction {scale['cell_fraction']:g} measured on {scale['cells_found']} crops")
+    if spec.crop_um is None and scale and scale.get("crop_um"):
+        changes["crop_um"] = scale["crop_um"]
+        why.append(f"crop size {scale['crop_um']:g} um from the data's scale ({scale['um_per_px']:g} um/px)")
+    elif spec.crop_um is not None:
+        why.append(f"crop size {spec.crop_um:g} um from the training config")
+        if scale and scale.get("crop_um") and abs(scale["crop_um"] - spec.crop_um) > 0.05 * spec.crop_um:
+            progress(f"warning: the config says crop_um = {spec.crop_um:g} but {scale_path(manifest)} measured "
+                     f"{scale['crop_um']:g} um for this data; the config wins: fix whichever is wrong")
+        elif not (scale and scale.get("crop_um")):
+            progress(f"warning: crop_um = {spec.crop_um:g} comes from the config, not from this data's scale: make "
+                     f"sure it is this data's crop width (`wbcedge data index --um-per-px` measures it)")
+    elif scale is None:
+        why.append(f"no {scale_path(manifest).name} beside the manifest (run `wbcedge data index --um-per-px` "
+                   "to measure the data's scale)")
+    else:
+        why.append("the data's scale was not given (`wbcedge data index --um-per-px`)")
+    spec = replace(spec, **changes)
+    progress(f"crop policy on the device: {crop_policy(spec)}; because: {'; '.join(why)}")
+    return spec
+
+
+def _finished_run(run_dir: Path, cfg: TrainConfig, progress) -> dict:
+    """A run folder that already finished: nothing to redo, or say how to train it further."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    done = json.loads((run_dir / "config.json").read_text()).get("epochs") if (run_dir / "config.json").is_file() else None
+    if done is not None and cfg.epochs > done:
+        raise ValueError(
+            f"{run_dir} holds a run that finished after {done} epochs, and a finished run is not extended in place "
+            f"(its model.keras is the best checkpoint, not the last). To train {cfg.epochs - done} more epochs, start "
+            f"a new run from its weights: `wbcedge train {cfg.manifest or 'MANIFEST'} --weights {run_dir / 'model.keras'} "
+            f"--epochs {cfg.epochs - done} --out {run_dir}-more` with the same model options; or train afresh "
+            f"with --epochs {cfg.epochs} and a new --out")
+    progress(f"{run_dir} holds a finished run ({done if done is not None else '?'} epochs); nothing to do "
+             "(use a new --out to train again)")
     return summary
 
 

@@ -1,0 +1,60 @@
+"""The notice that makes a demonstration impossible to mistake for a result.
+
+`wbcedge run` on the built-in frames counts cells from BCCD, another microscope than the
+one the default model was trained on; the model's measured accuracy on such frames is low
+(docs/model-card.md). `banners(meta, differential)` returns the sentences to show at the
+top of the terminal output and of report.html:
+- a demonstration notice when the session ran on the built-in frames, and
+- a shift notice whenever a domain-shift alarm fired (`domain_shift.alarm` true in the
+  session's meta or differential).
+The accuracy figure is read from the bundle's manifest (`other_microscope_check`, written
+with its source), copied into the session's meta by `count_cells`; never from code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+CHECK_KEY = "other_microscope_check"
+
+
+def other_microscope_sentence(check: Mapping[str, Any] | None) -> str:
+    """'measured on 342 cells from another microscope (BCCD: ...), the model classified 21.3% correctly (...)'."""
+    if not check or check.get("cell_accuracy") is None:
+        return ("this model's accuracy on another microscope was not measured (its bundle records no "
+                f"'{CHECK_KEY}'): do not read the percentages as a result")
+    lo, hi = check.get("cell_accuracy_ci95") or (None, None)
+    interval = f"95% CI {100 * lo:.1f}-{100 * hi:.1f}" if lo is not None else "no interval recorded"
+    where = f"; {check['source']}" if check.get("source") else ""
+    return (f"measured on {check.get('cells', '?')} cells from another microscope "
+            f"({check.get('checked_on', 'not its training data')}), the model classified "
+            f"{100 * check['cell_accuracy']:.1f}% correctly ({interval}{where})")
+
+
+def shift_alarm(meta: Mapping[str, Any], differential: Mapping[str, Any] | None = None) -> bool:
+    for source in (meta, differential or {}):
+        shift = source.get("domain_shift") if isinstance(source, Mapping) else None
+        if isinstance(shift, Mapping) and shift.get("alarm"):
+            return True
+    return False
+
+
+def banners(meta: Mapping[str, Any], differential: Mapping[str, Any] | None = None) -> list[str]:
+    """The notices for this session, most important first; empty for an ordinary run."""
+    check = meta.get(CHECK_KEY)
+    trained_on = (check or {}).get("trained_on", "the model's training data")
+    out = []
+    if meta.get("builtin_samples"):
+        out.append(f"DEMONSTRATION, not a result: these are the built-in sample frames, from another microscope "
+                   f"than the model's training data ({trained_on}). {_first_upper(other_microscope_sentence(check))}. "
+                   f"Count your own slides with --source or --camera, and check the model on your microscope first.")
+    if shift_alarm(meta, differential):
+        out.append(f"DOMAIN SHIFT: these images look unlike the model's training data ({trained_on}); "
+                   f"{other_microscope_sentence(check)}. Check the model with labelled cells from this "
+                   f"microscope before trusting this differential.")
+    return out
+
+
+def _first_upper(text: str) -> str:
+    return text[:1].upper() + text[1:]
