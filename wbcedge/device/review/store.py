@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,12 +53,14 @@ CREATE TABLE IF NOT EXISTS signoff (
 );
 """
 
-# Current label per cell: the newest review row, else the model's label.
-_CELLS_SQL = """
-SELECT c.id, c.frame_index, c.frame_name, c.x0, c.y0, c.x1, c.y1, c.label, c.confidence, c.crop_path,
-       r.new_label, r.reviewer, r.time
-FROM cells c LEFT JOIN reviews r ON r.id = (SELECT max(id) FROM reviews WHERE cell_id = c.id)
-"""
+_CELL_COLUMNS = "id, frame_index, frame_name, x0, y0, x1, y1, label, confidence, crop_path"
+
+
+def _latest(db: sqlite3.Connection) -> dict[int, tuple[str, str, float]]:
+    """cell id -> (label, reviewer, time) of its newest review row."""
+    rows = db.execute("SELECT cell_id, new_label, reviewer, time FROM reviews "
+                      "WHERE id IN (SELECT max(id) FROM reviews GROUP BY cell_id)").fetchall()
+    return {r[0]: r[1:] for r in rows}
 
 
 class NotASessionError(InputDataError):
@@ -86,6 +89,11 @@ class ReviewStore:
     def __init__(self, session_dir: Path | str):
         self.session_dir = Path(session_dir)
         self.db_path = self.session_dir / DB_FILE
+        self._local = threading.local()
+        self._static_cache: list[tuple] | None = None
+        self._by_id: tuple[list[int], list[str]] | None = None
+        self._reference: dict | None = None
+        self._model_diff: tuple[int, dict] | None = None
         if not self.session_dir.is_dir():
             raise NotASessionError(f"{self.session_dir} is not a folder: give a session folder that `wbcedge run` "
                                    f"wrote, e.g. runs/session-20260101-120000")
@@ -111,11 +119,15 @@ class ReviewStore:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(str(self.db_path), isolation_level=None, timeout=30)
-        try:
-            yield db
-        finally:
-            db.close()
+        """This thread's connection to the session database (kept open: closing the last one checkpoints)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(str(self.db_path), isolation_level=None, timeout=30)
+            # WAL with synchronous=NORMAL (as the recorder): a commit is atomic and never corrupts the
+            # database, but a power cut may roll back the last few changes; the sign-off syncs fully.
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        yield db
 
     # ------------------------------------------------------------ reading
 
@@ -126,17 +138,33 @@ class ReviewStore:
     def cells(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Cells grouped by the model's label (report order), least confident first."""
         with self._db() as db:
-            rows = db.execute(_CELLS_SQL).fetchall()
-        rows.sort(key=lambda r: (_label_order(r[7]), r[8], r[0]))
-        rows = rows[offset:] if limit is None else rows[offset:offset + limit]
-        return [_cell_dict(r) for r in rows]
+            static = self._static(db)
+            page = static[offset:] if limit is None else static[offset:offset + limit]
+            latest = _latest(db)
+        return [_cell_dict(r, latest.get(r[0])) for r in page]
 
     def cell(self, cell_id: int) -> dict[str, Any]:
         with self._db() as db:
-            row = db.execute(_CELLS_SQL + " WHERE c.id = ?", (int(cell_id),)).fetchone()
+            return self._cell(db, cell_id)
+
+    def _cell(self, db: sqlite3.Connection, cell_id: int) -> dict[str, Any]:
+        row = db.execute(f"SELECT {_CELL_COLUMNS} FROM cells WHERE id = ?", (int(cell_id),)).fetchone()
         if row is None:
-            raise UnknownCellError(f"this session has no cell {cell_id}")
-        return _cell_dict(row)
+            raise UnknownCellError(f"this session has no cell {cell_id}: reload the cell list")
+        review = db.execute("SELECT new_label, reviewer, time FROM reviews WHERE cell_id = ? ORDER BY id DESC LIMIT 1",
+                            (int(cell_id),)).fetchone()
+        return _cell_dict(row, review)
+
+    def _static(self, db: sqlite3.Connection) -> list[tuple]:
+        """The recorded cells in page order; recorded rows never change, so they are read again only when
+        cells were added (a session still counting)."""
+        n = db.execute("SELECT count(*) FROM cells").fetchone()[0]
+        cached = self._static_cache
+        if cached is None or len(cached) != n:
+            rows = db.execute(f"SELECT {_CELL_COLUMNS} FROM cells").fetchall()
+            rows.sort(key=lambda r: (_label_order(r[7]), r[8], r[0]))
+            self._static_cache = cached = rows
+        return cached
 
     def count(self) -> int:
         with self._db() as db:
@@ -156,9 +184,13 @@ class ReviewStore:
     def labels(self) -> tuple[list[int], list[str], list[str | None]]:
         """(cell ids, model labels, reviewed labels or None where not reviewed), in id order."""
         with self._db() as db:
-            rows = db.execute("SELECT c.id, c.label, r.new_label FROM cells c LEFT JOIN reviews r "
-                              "ON r.id = (SELECT max(id) FROM reviews WHERE cell_id = c.id) ORDER BY c.id").fetchall()
-        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+            static = self._static(db)
+            latest = _latest(db)
+        if self._by_id is None or len(self._by_id[0]) != len(static):
+            pairs = sorted((r[0], r[7]) for r in static)
+            self._by_id = ([p[0] for p in pairs], [p[1] for p in pairs])
+        ids, model = self._by_id
+        return ids, model, [latest[i][0] if i in latest else None for i in ids]
 
     def history(self, cell_id: int | None = None) -> list[dict[str, Any]]:
         sql = "SELECT id, cell_id, previous_label, new_label, reviewer, time, comment FROM reviews"
@@ -187,13 +219,17 @@ class ReviewStore:
         """The differential from the reviewed labels (model's where not reviewed), the model's, and progress."""
         _, model, reviewed = self.labels()
         final = [r if r is not None else m for m, r in zip(model, reviewed)]
-        reference = self.reference()
+        if self._reference is None:
+            self._reference = self.reference()
+        reference = self._reference
+        if self._model_diff is None or self._model_diff[0] != len(model):
+            self._model_diff = (len(model), _differential(model, reference))
         return {
             "total_cells": len(model),
             "reviewed_cells": sum(r is not None for r in reviewed),
             "artefacts": sum(lab == ARTEFACT for lab in final),
             "differential": _differential(final, reference),
-            "model_differential": _differential(model, reference),
+            "model_differential": self._model_diff[1],
             "agreement": agreement(model, final, REVIEW_LABELS),
             "signoff": self.signoff(),
         }
@@ -208,10 +244,8 @@ class ReviewStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 self._refuse_if_signed(db)
-                row = db.execute(_CELLS_SQL + " WHERE c.id = ?", (int(cell_id),)).fetchone()
-                if row is None:
-                    raise UnknownCellError(f"this session has no cell {cell_id}: reload the cell list")
-                previous = row[10] if row[10] is not None else row[7]
+                current = self._cell(db, cell_id)
+                previous = current["label"]
                 db.execute("INSERT INTO reviews(cell_id, previous_label, new_label, reviewer, time, comment) "
                            "VALUES (?, ?, ?, ?, ?, ?)", (int(cell_id), previous, label, reviewer, time.time(),
                                                          str(comment or "")))
@@ -219,7 +253,7 @@ class ReviewStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return self.cell(cell_id)
+            return self._cell(db, cell_id)
 
     def sign_off(self, reviewer: str, accept_remaining: bool = False) -> dict[str, Any]:
         """Freeze the session under the reviewer's name and rewrite its report with the reviewed differential.
@@ -230,6 +264,7 @@ class ReviewStore:
         reviewer = check_reviewer(reviewer)
         now = time.time()
         with self._db() as db:
+            db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")
             try:
                 self._refuse_if_signed(db)
@@ -246,6 +281,8 @@ class ReviewStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            finally:
+                db.execute("PRAGMA synchronous=NORMAL")
         self.write_report()
         return self.summary()
 
@@ -298,11 +335,11 @@ def _differential(labels: list[str], reference: dict) -> dict[str, Any]:
                         unidentified_label=UNIDENTIFIED)
 
 
-def _cell_dict(r: tuple) -> dict[str, Any]:
+def _cell_dict(r: tuple, review: tuple | None) -> dict[str, Any]:
     return {"id": r[0], "frame_index": r[1], "frame_name": r[2], "box": [r[3], r[4], r[5], r[6]],
             "model_label": r[7], "confidence": r[8], "has_crop": bool(r[9]),
-            "label": r[10] if r[10] is not None else r[7], "reviewed": r[10] is not None,
-            "reviewer": r[11], "reviewed_at": r[12]}
+            "label": review[0] if review else r[7], "reviewed": review is not None,
+            "reviewer": review[1] if review else None, "reviewed_at": review[2] if review else None}
 
 
 def _iso(t: float) -> str:

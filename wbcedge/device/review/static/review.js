@@ -42,6 +42,7 @@
     rows.push(`<tr data-type="artefact"><td>artefact (not a white cell)</td><td class="count">${s.artefacts}</td>` +
       `<td></td><td></td><td></td><td></td><td class="muted">0</td><td></td></tr>`);
     tb.innerHTML = rows.join("");
+    if (W.differentialMs === undefined) W.differentialMs = performance.now();
     const k = s.agreement.cohen_kappa;
     $("caption").textContent = `Percent of ${d.classified} classified cells, Clopper-Pearson interval; ` +
       `model and reviewed labels agree on ${s.agreement.agreed} of ${s.agreement.cells} cells, ` +
@@ -63,25 +64,42 @@
     fig.title = `model: ${c.model_label} ${c.confidence.toFixed(2)}` + (c.reviewed ? `; reviewed by ${c.reviewer}` : "");
   }
 
+  function figureHtml(c) {
+    const cls = "cell" + (c.reviewed && c.label === c.model_label ? " done" : "") + (c.label !== c.model_label ? " changed" : "");
+    return `<figure class="${cls}" data-id="${c.id}"><img loading="lazy" alt="cell ${c.id}" src="crops/${c.id}.jpg">` +
+      `<figcaption>${c.confidence.toFixed(2)} <span class="tag">${c.label}</span></figcaption></figure>`;
+  }
+
   function addCells(list) {
-    const main = $("cells");
+    // One insertAdjacentHTML per group and page: thousands of cells render without blocking the keyboard.
+    const main = $("cells"), runs = [];
     for (const c of list) {
-      let group = document.getElementById("g-" + c.model_label);
+      cells.set(c.id, c);
+      if (!runs.length || runs[runs.length - 1].label !== c.model_label) runs.push({label: c.model_label, items: []});
+      runs[runs.length - 1].items.push(c);
+    }
+    for (const run of runs) {
+      let group = document.getElementById("g-" + run.label);
       if (!group) {
         const h = document.createElement("h2");
-        h.textContent = `${c.model_label} (model)`;
+        h.textContent = `${run.label} (model)`;
         group = document.createElement("div");
-        group.className = "gallery"; group.id = "g-" + c.model_label;
+        group.className = "gallery"; group.id = "g-" + run.label;
         main.append(h, group);
       }
-      const fig = document.createElement("figure");
-      fig.className = "cell"; fig.dataset.id = c.id; fig.dataset.index = els.length;
-      fig.innerHTML = `<img loading="lazy" alt="cell ${c.id}" src="crops/${c.id}.jpg">` +
-        `<figcaption>${c.confidence.toFixed(2)} <span class="tag"></span></figcaption>`;
-      fig.addEventListener("click", () => { select(+fig.dataset.index); zoom(true); });
-      cells.set(c.id, c); els.push(fig); paint(fig, c); group.append(fig);
+      const before = group.children.length;
+      group.insertAdjacentHTML("beforeend", run.items.map(figureHtml).join(""));
+      for (let i = before; i < group.children.length; i++) {
+        const fig = group.children[i];
+        fig.dataset.index = els.length; els.push(fig);
+      }
     }
   }
+
+  $("cells").addEventListener("click", (ev) => {
+    const fig = ev.target.closest("figure.cell");
+    if (fig) { select(+fig.dataset.index); zoom(true); }
+  });
 
   function select(i) {
     if (!els.length) return;
@@ -156,13 +174,16 @@
   });
 
   async function load() {
-    let offset = 0, total = 1;
+    // A small first page so the first cells show at once; the rest follows in pages, yielding between them.
+    let offset = 0, total = 1, limit = 100;
     while (offset < total) {
-      const page = await api(`api/cells?offset=${offset}&limit=500`);
-      total = page.total; addCells(page.cells); offset += page.cells.length;
-      if (sel < 0 && els.length) select(0);
+      const page = await api(`api/cells?offset=${offset}&limit=${limit}`);
+      total = page.total; addCells(page.cells); offset += page.cells.length; limit = 500;
+      await new Promise((r) => setTimeout(r, 0));
+      if (sel < 0 && els.length) { select(0); W.firstCellsMs = performance.now(); }
       if (!page.cells.length) break;
     }
+    W.allCellsMs = performance.now();
     $("loading").hidden = true;
     document.body.dataset.loaded = "1";
   }
