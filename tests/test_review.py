@@ -315,3 +315,50 @@ def test_label_checks():
         check_label("")
     with pytest.raises(InputDataError):
         check_reviewer("x" * 101)
+
+
+# ---------------------------------------------------------------- live view (wbcedge run --serve)
+
+def test_run_serve_shows_the_live_frame_and_keeps_the_station_open(tmp_path):
+    import socket
+
+    import httpx
+
+    from wbcedge.device.session import CountOptions, count_cells
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seen: list[dict] = []
+    messages: list[str] = []
+    result = count_cells(CountOptions(out=tmp_path / "live", serve=True, port=port), on_message=messages.append)
+    try:
+        assert any(f"127.0.0.1:{port}" in m for m in messages)
+        with httpx.Client(base_url=result.server.url) as client:
+            state = client.get("/api/live").json()
+            seen.append(state)
+            assert state["running"] is False and state["frames"] == result.frames_seen == 6
+            assert state["cells"] == len(result.labels) and sum(state["counts"].values()) == len(result.labels)
+            assert state["focus"] is not None and "no threshold" in state["focus_text"]
+            frame = client.get("/live/frame.jpg")
+            image = cv2.imdecode(np.frombuffer(frame.content, np.uint8), cv2.IMREAD_COLOR)
+            assert frame.status_code == 200 and image is not None and image.shape[1] <= 960
+            assert 'id="live-frame"' in client.get("/").text
+            ids = [c["id"] for c in client.get("/api/cells").json()["cells"]]
+            assert len(ids) == len(result.labels)
+            r = client.post("/api/signoff", json={"reviewer": "A", "accept_remaining": True})
+            assert r.status_code == 200, r.text  # the count has ended: sign-off is allowed
+    finally:
+        result.server.stop()
+
+
+def test_signoff_is_refused_while_counting(session):
+    from wbcedge.device.review.live import LiveFeed
+
+    feed = LiveFeed()
+    client = TestClient(create_app(session, live=feed))
+    assert client.get("/live/frame.jpg").status_code == 404  # no frame yet
+    r = client.post("/api/signoff", json={"reviewer": "A", "accept_remaining": True})
+    assert r.status_code == 409 and "still counting" in r.json()["detail"]
+    feed.finish()
+    assert client.post("/api/signoff", json={"reviewer": "A", "accept_remaining": True}).status_code == 200

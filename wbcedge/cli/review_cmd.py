@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import typer
@@ -41,9 +40,9 @@ def review_open(
     require_web()
     import uvicorn
 
-    from wbcedge.device.review.app import create_app, new_token
+    from wbcedge.device.review.app import create_app, is_loopback, new_token
 
-    token = None if _is_loopback(host) else new_token()
+    token = None if is_loopback(host) else new_token()
     web = create_app(session, token=token)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     if token:
@@ -78,12 +77,3 @@ def review_export(
                       markup=False, highlight=False)
     write_json(json_path, {"out": str(result.out), "manifest": str(result.manifest), "written": result.written,
                            "skipped": result.skipped})
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

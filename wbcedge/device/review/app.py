@@ -157,6 +157,18 @@ def new_token() -> str:
     return secrets.token_urlsafe(16)
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.1, ::1 or localhost: only this machine can connect, so no token is needed."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _frame_file(source: Any, frame_name: str) -> Path | None:
     """The frame a cell came from, when the session's source was an image or a folder still on this disk."""
     if not source or not isinstance(source, str):
