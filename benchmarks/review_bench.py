@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from review_support import ServerThread, chromium_path, count_builtin_session, generated_session  # noqa: E402
+from review_support import ServerThread, chromium_path, count_builtin_session, generated_session
 
-from wbcedge.device.review.app import create_app  # noqa: E402
+from wbcedge.device.review.app import create_app
 
 
 def main() -> None:
@@ -119,17 +119,17 @@ def _screenshots(where: Path, out_dir: Path) -> None:
     session = count_builtin_session(where)
     with ServerThread(create_app(session)) as server, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, headless=True)
-        page = browser.new_page(viewport={"width": 1200, "height": 820})
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
         page.goto(server.url)
         page.wait_for_selector("figure.cell.sel")
         page.fill("#reviewer", "A. Tech")
         page.locator("body").click(position={"x": 5, "y": 300})
         page.wait_for_function("Array.from(document.images).every(i => i.complete)")
-        page.screenshot(path=str(out_dir / "review-open.png"), full_page=True)
-        for key in ("Enter", "l", "x"):
+        page.screenshot(path=str(out_dir / "review-open.png"))
+        for key in ("Enter", "l", "e"):  # on the built-in frames: accept, a lymphocyte, an eosinophil
             page.keyboard.press(key)
             page.wait_for_timeout(300)
-        page.screenshot(path=str(out_dir / "review-relabelled.png"), full_page=True)
+        page.screenshot(path=str(out_dir / "review-relabelled.png"))
         page.keyboard.press("ArrowLeft")
         page.keyboard.press(" ")
         page.wait_for_function("document.getElementById('zoom-img').complete")

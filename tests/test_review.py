@@ -22,9 +22,9 @@ from wbcedge.device.review.store import REVIEW_LABELS, NewerSessionError, NotASe
 from wbcedge.errors import InputDataError, MissingDependencyError
 
 fastapi = pytest.importorskip("fastapi", reason="the web extra is not installed: pip install 'wbcedge[web]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from wbcedge.device.review.app import TOKEN_HEADER, create_app  # noqa: E402
+from wbcedge.device.review.app import TOKEN_HEADER, create_app
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def test_page_crops_and_frames(session):
     frame = client.get(f"/frames/{c['id']}.jpg")  # the built-in frames are on disk: the box is drawn on its frame
     assert frame.status_code == 200
     image = cv2.imdecode(np.frombuffer(frame.content, np.uint8), cv2.IMREAD_COLOR)
-    x0, y0, x1, y1 = c["box"]
+    x0, y0, _, y1 = c["box"]
     src = cv2.imread(str(Path(ReviewStore(session).meta()["source"]) / c["frame_name"]))
     assert image.shape == src.shape
     edge = image[max(y0, 1):y1, x0:x0 + 2].astype(int)
@@ -362,3 +362,18 @@ def test_signoff_is_refused_while_counting(session):
     assert r.status_code == 409 and "still counting" in r.json()["detail"]
     feed.finish()
     assert client.post("/api/signoff", json={"reviewer": "A", "accept_remaining": True}).status_code == 200
+
+
+def test_the_shift_alarm_shows_when_the_session_has_one(session):
+    doc = json.loads((session / "differential.json").read_text())
+    doc["domain_shift"] = {"score": 3.1, "threshold": 1.2, "alarm": True, "cells": 7,
+                           "message": "DOMAIN SHIFT: these 7 cells look unlike the model's training data"}
+    (session / "differential.json").write_text(json.dumps(doc))
+    client = TestClient(create_app(session))
+    assert "DOMAIN SHIFT: these 7 cells" in client.get("/").text
+    client.post("/api/signoff", json={"reviewer": "A", "accept_remaining": True})
+    assert json.loads((session / "differential.json").read_text())["domain_shift"]["alarm"] is True  # kept
+    doc["domain_shift"] = {"score": 0.4, "threshold": 1.2, "alarm": False, "cells": 7}
+    (session / "differential.json").write_text(json.dumps(doc))
+    page = TestClient(create_app(session)).get("/").text
+    assert "no alarm" in page and "DOMAIN SHIFT" not in page

@@ -131,7 +131,7 @@ def create_app(session_dir: Path | str, token: str | None = None, live: Any = No
         x0, y0, x1, y1 = c["box"]
         thick = max(2, image.shape[1] // 320)
         cv2.rectangle(image, (x0, y0), (x1, y1), (0, 255, 255), thick)
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        _, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
         return Response(data.tobytes(), media_type="image/jpeg")
 
     if live is not None:

@@ -51,7 +51,7 @@ class LiveFeed:
         scale = min(1.0, self.max_width / image.shape[1])
         view = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image.copy()
         for c in cells:
-            x0, y0, x1, y1 = (int(round(v * scale)) for v in c.box.box)
+            x0, y0, x1, y1 = (round(v * scale) for v in c.box.box)
             colour = BOX_COLOURS.get(c.label, (0, 200, 0))
             cv2.rectangle(view, (x0, y0), (x1, y1), colour, 2)
             cv2.putText(view, f"{c.label} {c.confidence:.2f}", (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
@@ -92,7 +92,7 @@ class BackgroundServer:
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="wbcedge-review")
 
-    def start(self, timeout_s: float = 20.0) -> "BackgroundServer":
+    def start(self, timeout_s: float = 20.0) -> BackgroundServer:
         from wbcedge.errors import WbcedgeError
 
         self.thread.start()

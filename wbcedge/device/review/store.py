@@ -19,9 +19,9 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 from wbcedge.device.differential import ADULT_REFERENCE, REPORT_ORDER, differential
