@@ -103,7 +103,9 @@ def test_relabel_appends_audit_rows_and_recomputes_the_differential(session):
 
 def test_signoff_freezes_and_rewrites_the_report(session):
     client = TestClient(create_app(session))
-    ids = [c["id"] for c in client.get("/api/cells").json()["cells"]]
+    listed = client.get("/api/cells").json()["cells"]
+    ids = [c["id"] for c in listed]
+    first_model = listed[0]["model_label"]
     client.post(f"/api/cells/{ids[0]}/label", json={"label": "eosinophil", "reviewer": "A"})
     r = client.post("/api/signoff", json={"reviewer": "A"})
     assert r.status_code == 422 and "not reviewed yet" in r.json()["detail"]
@@ -129,6 +131,8 @@ def test_signoff_freezes_and_rewrites_the_report(session):
     assert table[0][-4:] == ["model_count", "model_percent", "agreed", "model_recall_percent"]
     assert table[-1][0] == "cohen_kappa" and float(table[-1][1]) == pytest.approx(s["agreement"]["cohen_kappa"], abs=1e-4)
     page = (session / "report.html").read_text()
+    if first_model != "eosinophil":  # the gallery groups by the reviewed label and names the model's
+        assert f"model: {first_model}" in page.split('id="eosinophil"')[1].split("</div>")[0]
     assert "signed off by <b>Dr. B</b>" in page and "Cohen&#x27;s kappa" not in page and "Cohen's kappa" in page
 
 
@@ -377,3 +381,42 @@ def test_the_shift_alarm_shows_when_the_session_has_one(session):
     (session / "differential.json").write_text(json.dumps(doc))
     page = TestClient(create_app(session)).get("/").text
     assert "no alarm" in page and "DOMAIN SHIFT" not in page
+
+
+def test_cli_serves_the_station_and_prints_a_token_for_the_network(builtin_session, tmp_path):
+    import socket
+    import time
+
+    import httpx
+
+    session = copy_session(builtin_session, tmp_path / "s")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "wbcedge", "review", str(session), "--host", "0.0.0.0",
+                             "--port", str(port), "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        token_line = proc.stdout.readline()
+        assert token_line.startswith("access token: ")
+        token = token_line.split()[2]
+        assert f"?token={token}" in proc.stdout.readline()
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                httpx.get(base + "/api/differential")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert httpx.get(base + "/").status_code == 200
+        body = {"label": "basophil", "reviewer": "A"}
+        assert httpx.post(base + "/api/cells/1/label", json=body).status_code == 403
+        r = httpx.post(base + "/api/cells/1/label", json=body, headers={"X-Wbcedge-Token": token})
+        assert r.status_code == 200 and r.json()["cell"]["label"] == "basophil"
+        history = httpx.get(base + "/api/cells/1").json()["history"]
+        assert [(h["previous_label"], h["new_label"]) for h in history] == [(r.json()["cell"]["model_label"], "basophil")]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()

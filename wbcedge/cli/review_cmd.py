@@ -48,8 +48,9 @@ def review_open(
     if token:
         url += f"?token={token}"
         console.print(f"access token: {token}  (every change needs it; share it only with the reviewers)",
-                      markup=False, highlight=False)
-    console.print(f"review station for {session} at {url}  (Ctrl-C to stop)", markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
+    console.print(f"review station for {session} at {url}  (Ctrl-C to stop)", markup=False, highlight=False,
+                  soft_wrap=True)
     if not no_browser:
         import threading
         import webbrowser

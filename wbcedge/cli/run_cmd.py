@@ -40,7 +40,7 @@ def run_cmd(
     opts = CountOptions(source=source, camera=camera, bundle=bundle, profile=profile, count=count, out=out,
                         backend=backend, precision=precision, threads=threads, threshold=threshold,
                         reference=reference, show=show, serve=serve, host=host, port=port)
-    result = count_cells(opts, on_message=lambda m: console.print(m, markup=False, highlight=False),
+    result = count_cells(opts, on_message=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
                          on_warning=lambda m: err_console.print(f"warning: {m}", markup=False, highlight=False))
     console.print(format_differential(result.differential))
     if result.timing:
@@ -51,7 +51,7 @@ def run_cmd(
                            "differential": result.differential, "meta": result.meta})
     if result.server is not None:
         console.print(f"counting ended; the review station stays open at {result.server.url} for review "
-                      f"(Ctrl-C to stop)", markup=False, highlight=False)
+                      f"(Ctrl-C to stop)", markup=False, highlight=False, soft_wrap=True)
         result.server.wait()
     if result.error:
         err_console.print(f"error: {result.error}\nAll {len(result.labels)} cells recorded so far are kept in "
