@@ -420,3 +420,24 @@ def test_cli_serves_the_station_and_prints_a_token_for_the_network(builtin_sessi
         proc.wait(timeout=10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_the_station_works_with_tensorflow_blocked(builtin_session, tmp_path):
+    from test_device_side import run_blocked
+
+    session = copy_session(builtin_session, tmp_path / "s")
+    res = run_blocked(f"""
+        from fastapi.testclient import TestClient
+        from wbcedge.device.review.app import create_app
+        from wbcedge.device.review.export import export_reviewed
+        import wbcedge.cli.review_cmd
+        c = TestClient(create_app(r"{session}"))
+        assert c.post("/api/cells/1/label", json={{"label": "monocyte", "reviewer": "A"}}).status_code == 200
+        assert c.post("/api/signoff", json={{"reviewer": "A", "accept_remaining": True}}).status_code == 200
+        export_reviewed([r"{session}"], r"{tmp_path / 'out'}")
+        import sys
+        assert not any(m.split('.')[0] in ('tensorflow', 'keras', 'sklearn') for m in sys.modules), 'leaked'
+        print('ok')
+    """, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "ok" in res.stdout
