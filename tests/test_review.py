@@ -441,3 +441,16 @@ def test_the_station_works_with_tensorflow_blocked(builtin_session, tmp_path):
     """, tmp_path)
     assert res.returncode == 0, res.stderr
     assert "ok" in res.stdout
+
+
+def test_other_sites_cannot_post_changes(session):
+    from wbcedge.device.review.app import LOOPBACK_HOSTS
+
+    client = TestClient(create_app(session, allowed_hosts=LOOPBACK_HOSTS), base_url="http://127.0.0.1:8765")
+    body = '{"label": "monocyte", "reviewer": "evil"}'
+    for kind in ("text/plain", "application/x-www-form-urlencoded"):  # what a cross-site form can send
+        assert client.post("/api/cells/1/label", content=body, headers={"Content-Type": kind}).status_code == 422
+    rebound = TestClient(create_app(session, allowed_hosts=LOOPBACK_HOSTS), base_url="http://evil.example:8765")
+    assert rebound.get("/api/cells").status_code == 400  # DNS rebinding: a foreign Host header
+    assert ReviewStore(session).history() == []
+    assert client.get("/api/cells").status_code == 200

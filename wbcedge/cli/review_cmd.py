@@ -40,10 +40,10 @@ def review_open(
     require_web()
     import uvicorn
 
-    from wbcedge.device.review.app import create_app, is_loopback, new_token
+    from wbcedge.device.review.app import LOOPBACK_HOSTS, create_app, is_loopback, new_token
 
     token = None if is_loopback(host) else new_token()
-    web = create_app(session, token=token)
+    web = create_app(session, token=token, allowed_hosts=None if token else LOOPBACK_HOSTS)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     if token:
         url += f"?token={token}"

@@ -50,10 +50,22 @@ class SignoffBody(BaseModel):
     accept_remaining: bool = False
 
 
-def create_app(session_dir: Path | str, token: str | None = None, live: Any = None) -> FastAPI:
-    """The review app for one session folder; `live` (a `live.LiveFeed`) adds the capture view."""
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+
+
+def create_app(session_dir: Path | str, token: str | None = None, live: Any = None,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The review app for one session folder; `live` (a `live.LiveFeed`) adds the capture view.
+
+    `allowed_hosts` (the CLI passes LOOPBACK_HOSTS when there is no token) refuses requests whose
+    Host header names another site, so a web page cannot reach the station by DNS rebinding; the
+    API takes JSON bodies only, so another site's form cannot post a change either.
+    """
     store = ReviewStore(session_dir)
     app = FastAPI(title="wbcedge review", docs_url=None, redoc_url=None, openapi_url=None)
+    if allowed_hosts:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.state.store, app.state.token, app.state.live = store, token, live

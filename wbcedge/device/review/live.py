@@ -126,11 +126,12 @@ def start_live_station(session_dir, host: str, port: int, focus_threshold: float
     from wbcedge.device.review import require_web
 
     require_web()
-    from wbcedge.device.review.app import create_app, is_loopback, new_token
+    from wbcedge.device.review.app import LOOPBACK_HOSTS, create_app, is_loopback, new_token
 
     token = None if is_loopback(host) else new_token()
     feed = LiveFeed(focus_threshold)
-    server = BackgroundServer(create_app(session_dir, token=token, live=feed), host, port).start()
+    app = create_app(session_dir, token=token, live=feed, allowed_hosts=None if token else LOOPBACK_HOSTS)
+    server = BackgroundServer(app, host, port).start()
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/" + (f"?token={token}" if token else "")
     if token:
         on_message(f"access token: {token}  (every change needs it)")
