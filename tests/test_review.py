@@ -455,3 +455,20 @@ def test_other_sites_cannot_post_changes(session):
     assert rebound.get("/api/cells").status_code == 400  # DNS rebinding: a foreign Host header
     assert ReviewStore(session).history() == []
     assert client.get("/api/cells").status_code == 200
+
+
+def test_a_read_only_session_says_to_copy_it(session):
+    import os
+
+    from wbcedge.errors import OutputFolderError
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes through read-only permissions")
+    for p in (session, session / "cells.db"):
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        with pytest.raises(OutputFolderError, match="read-only"):
+            ReviewStore(session)
+    finally:
+        session.chmod(0o755)
+        (session / "cells.db").chmod(0o644)

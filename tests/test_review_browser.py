@@ -39,6 +39,15 @@ def test_keyboard_review_and_signoff_in_chromium(tmp_path):
             page.fill("#reviewer", "A. Tech")
             page.locator("h1").click()  # leave the name field; keys go to the page again
 
+            # up/down move by rows (each model group starts a row): down to the next group's first cell, and back
+            sel = "() => +document.querySelector('figure.cell.sel').dataset.index"
+            page.keyboard.press("ArrowDown")
+            down = page.evaluate(sel)
+            first_row = page.eval_on_selector_all("#cells .gallery:first-of-type figure", "els => els.length")
+            assert down == first_row
+            page.keyboard.press("ArrowUp")
+            assert page.evaluate(sel) == 0
+
             eos_before = int(page.locator("#differential tr[data-type=eosinophil] .count").inner_text())
             # label, move back and forth, accept the model's label, call one an artefact
             done = 0

@@ -135,7 +135,7 @@ def create_app(session_dir: Path | str, token: str | None = None, live: Any = No
     @app.get("/frames/{cell_id}.jpg")
     def frame(cell_id: int) -> Response:
         c = store.cell(cell_id)
-        path = _frame_file(store.meta().get("source"), c["frame_name"])
+        path = _frame_file(store.meta().get("source"), c["frame_name"], store.session_dir)
         image = cv2.imread(str(path)) if path else None
         if image is None:
             return JSONResponse({"detail": "the frame is not available on this machine (only the crop was kept)"},
@@ -181,15 +181,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _frame_file(source: Any, frame_name: str) -> Path | None:
-    """The frame a cell came from, when the session's source was an image or a folder still on this disk."""
+def _frame_file(source: Any, frame_name: str, session_dir: Path) -> Path | None:
+    """The frame a cell came from, when the session's source was an image or a folder still on this disk.
+
+    A relative source is tried from here and from the folder `wbcedge run` ran in (runs/<session>/../..).
+    """
     if not source or not isinstance(source, str):
         return None
-    src = Path(source)
-    if src.is_dir() and (src / frame_name).is_file():
-        return src / frame_name
-    if src.is_file() and src.name == frame_name:
-        return src
+    for src in (Path(source), session_dir.resolve().parent.parent / source):
+        if src.is_dir() and (src / frame_name).is_file():
+            return src / frame_name
+        if src.is_file() and src.name == frame_name:
+            return src
+        if src.is_absolute():
+            break
     return None
 
 

@@ -16,6 +16,7 @@ change: the last write wins for the cell and every write stays in the audit rows
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import Any
 from wbcedge.device.differential import ADULT_REFERENCE, REPORT_ORDER, differential
 from wbcedge.device.records import DB_FILE, SCHEMA_VERSION
 from wbcedge.device.review.agreement import agreement
-from wbcedge.errors import InputDataError, WbcedgeError
+from wbcedge.errors import InputDataError, OutputFolderError, WbcedgeError
 from wbcedge.labels import CLASSES
 
 UNIDENTIFIED = "unidentified"
@@ -100,6 +101,9 @@ class ReviewStore:
         if not self.db_path.is_file():
             raise NotASessionError(f"{self.session_dir} is not a counting session ({DB_FILE} is missing): give a "
                                    f"session folder that `wbcedge run` wrote, e.g. runs/session-20260101-120000")
+        if not (os.access(self.db_path, os.W_OK) and os.access(self.session_dir, os.W_OK)):
+            raise OutputFolderError(f"{self.session_dir} is read-only, and a review writes its audit rows into "
+                                    f"{DB_FILE}: copy the session folder somewhere writable and review the copy")
         try:
             with self._db() as db:
                 tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -114,6 +118,10 @@ class ReviewStore:
                         f"to {SCHEMA_VERSION}): upgrade wbcedge on this machine to review it")
                 db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            if "readonly" in str(exc).replace("-", "").replace(" ", "").lower():
+                raise OutputFolderError(f"{self.session_dir} is read-only, and a review writes its audit rows into "
+                                        f"{DB_FILE}: copy the session folder somewhere writable and review the copy") \
+                    from None
             raise NotASessionError(f"{self.db_path} cannot be read as a session database ({exc}): give a session "
                                    f"folder that `wbcedge run` wrote") from None
 
