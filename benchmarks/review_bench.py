@@ -136,6 +136,27 @@ def _screenshots(where: Path, out_dir: Path) -> None:
         page.wait_for_timeout(300)
         page.screenshot(path=str(out_dir / "review-enlarged.png"))
         browser.close()
+    # `wbcedge run --serve` on the built-in frames: the page with the (last) live frame once counting ended
+    import socket
+
+    from wbcedge.device.session import CountOptions, count_cells
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = count_cells(CountOptions(out=where.parent / "live", serve=True, port=port))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=exe, headless=True)
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            page.goto(result.server.url)
+            page.wait_for_function("document.getElementById('live-state').textContent.includes('ended')")
+            page.wait_for_function("document.getElementById('live-frame').complete")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(out_dir / "review-live.png"))
+            browser.close()
+    finally:
+        result.server.stop()
 
 
 if __name__ == "__main__":

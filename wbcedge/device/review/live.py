@@ -35,6 +35,7 @@ class LiveFeed:
         self._cells = 0
         self._counts: dict[str, int] = {}
         self._focus: float | None = None
+        self._pending: tuple | None = None
 
     def update(self, frame, cells, counted) -> None:
         with self._lock:
@@ -44,9 +45,13 @@ class LiveFeed:
                 self._counts[c.label] = self._counts.get(c.label, 0) + 1
         now = time.monotonic()
         if now - self._last < self.interval_s:
+            self._pending = (frame.image, cells)  # shown at finish() if no later frame is drawn
             return
         self._last = now
-        image = frame.image
+        self._draw(frame.image, cells)
+
+    def _draw(self, image, cells) -> None:
+        self._pending = None
         focus = focus_score(image)
         scale = min(1.0, self.max_width / image.shape[1])
         view = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image.copy()
@@ -63,6 +68,9 @@ class LiveFeed:
                 self._jpeg = data.tobytes()
 
     def finish(self) -> None:
+        """The count has ended: show its last frame."""
+        if self._pending is not None:
+            self._draw(*self._pending)
         self.running = False
 
     def jpeg(self) -> bytes | None:
