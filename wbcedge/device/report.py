@@ -57,14 +57,12 @@ def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Ma
     except FileNotFoundError:
         cells = []  # a differential without a recorded run (e.g. from labels only): no gallery
     paths = {"json": run_dir / JSON_FILE, "csv": run_dir / CSV_FILE, "html": run_dir / HTML_FILE}
+    model_labels = {c.id: c.label for c in cells} if reviewed_labels else {}
     if reviewed_labels:
-        cells = [replace(c, label=reviewed_labels.get(c.id, c.label)) if c.id in reviewed_labels else c for c in cells]
+        cells = [replace(c, label=reviewed_labels[c.id]) if c.id in reviewed_labels else c for c in cells]
     doc = {**dict(extra or {}), "meta": meta, "differential": differential}
     if review is not None:
         doc["review"] = review
-    model_labels = {}
-    if reviewed_labels:
-        model_labels = {c.id: c.label for c in read_cells(run_dir)}
     texts = {"json": json.dumps(doc, indent=2, default=to_jsonable) + "\n",
              "csv": differential_csv(differential, review),
              "html": render_html(run_dir, differential, meta, cells, max_per_class, review, model_labels)}
