@@ -31,6 +31,12 @@ def run_cmd(
     threshold: float = typer.Option(None, "--threshold", help="Confidence below which a cell is 'unidentified' (default: the bundle's)."),
     reference: Path = typer.Option(None, "--reference", help="Reference ranges (.json/.toml) for the flags; default: adult ranges."),
     show: bool = typer.Option(False, "--show", help="Open a live window with boxes and running counts."),
+    serve: bool = typer.Option(False, "--serve", help="Serve the review station with the live frame, boxes, running "
+                               "differential and focus in a browser (needs the web extra); it stays open after the "
+                               "count for review until Ctrl-C."),
+    host: str = typer.Option("127.0.0.1", "--host", help="With --serve: the address to listen on (0.0.0.0: the lab "
+                             "network; a token is printed and required for changes)."),
+    port: int = typer.Option(8765, "--port", help="With --serve: the port."),
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Locate, classify and count white cells; write the session folder and print the differential."""
@@ -43,7 +49,7 @@ def run_cmd(
 
     opts = CountOptions(source=source, camera=camera, bundle=bundle, profile=profile, count=count, out=out,
                         backend=backend, precision=precision, threads=threads, threshold=threshold,
-                        reference=reference, show=show)
+                        reference=reference, show=show, serve=serve, host=host, port=port)
     result = count_cells(opts, on_message=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
                          on_warning=lambda m: err_console.print(f"warning: {m}", markup=False, highlight=False))
     notices = banners(result.meta, result.differential)
@@ -59,6 +65,10 @@ def run_cmd(
                       highlight=False)
     write_json(json_path, {"session_dir": str(result.session_dir), "run_dir": str(result.session_dir),
                            "differential": result.differential, "meta": result.meta})
+    if result.server is not None:
+        console.print(f"counting ended; the review station stays open at {result.server.url} for review "
+                      f"(Ctrl-C to stop)", markup=False, highlight=False, soft_wrap=True)
+        result.server.wait()
     if result.error:
         err_console.print(f"error: {result.error}\nAll {len(result.labels)} cells recorded so far are kept in "
                           f"{result.session_dir}.", markup=False, highlight=False)

@@ -21,6 +21,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,21 @@ CSV_FILE = "differential.csv"
 HTML_FILE = "report.html"
 CSV_FIELDS = ("type", "count", "percent", "ci_low_percent", "ci_high_percent",
               "reference_low_percent", "reference_high_percent", "flag")
+REVIEW_CSV_FIELDS = ("model_count", "model_percent", "agreed", "model_recall_percent")
 
 
 def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
-                  max_per_class: int = 200) -> dict[str, Path]:
+                  max_per_class: int = 200, review: Mapping[str, Any] | None = None,
+                  reviewed_labels: Mapping[int, str] | None = None,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write differential.json, differential.csv and report.html into run_dir; returns their paths.
 
     The gallery shows at most `max_per_class` crops per type (the least confident ones).
+    After a review sign-off (`review.store.ReviewStore.write_report`), `differential` is the
+    reviewed one and `review` holds the sign-off, `model_differential` and `agreement`; the
+    JSON gains a "review" key, the CSV the model's counts and the agreement, the page a
+    review section, and the gallery groups cells by `reviewed_labels` (cell id -> label).
+    `extra` keys are kept at the top level of the JSON (e.g. what an earlier write put there).
     """
     run_dir = Path(run_dir)
     meta = dict(meta or {})
@@ -50,9 +59,15 @@ def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Ma
     except FileNotFoundError:
         cells = []  # a differential without a recorded run (e.g. from labels only): no gallery
     paths = {"json": run_dir / JSON_FILE, "csv": run_dir / CSV_FILE, "html": run_dir / HTML_FILE}
-    texts = {"json": json.dumps({"meta": meta, "differential": differential}, indent=2, default=to_jsonable) + "\n",
-             "csv": differential_csv(differential),
-             "html": render_html(run_dir, differential, meta, cells, max_per_class)}
+    model_labels = {c.id: c.label for c in cells} if reviewed_labels else {}
+    if reviewed_labels:
+        cells = [replace(c, label=reviewed_labels[c.id]) if c.id in reviewed_labels else c for c in cells]
+    doc = {**dict(extra or {}), "meta": meta, "differential": differential}
+    if review is not None:
+        doc["review"] = review
+    texts = {"json": json.dumps(doc, indent=2, default=to_jsonable) + "\n",
+             "csv": differential_csv(differential, review),
+             "html": render_html(run_dir, differential, meta, cells, max_per_class, review, model_labels)}
     for key, path in paths.items():
         try:
             _write_atomic(path, texts[key])
@@ -62,19 +77,45 @@ def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Ma
     return paths
 
 
-def differential_csv(diff: Mapping[str, Any]) -> str:
+def differential_csv(diff: Mapping[str, Any], review: Mapping[str, Any] | None = None) -> str:
+    """One row per type; after a review sign-off `diff` is the reviewed differential and the rows gain the
+    model's count and percent, the cells both agreed on and the model's recall against the reviewer,
+    with a final cohen_kappa row."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
+    model = review["model_differential"] if review else None
+    per = review["agreement"]["per_label"] if review else {}
+    writer.writerow(CSV_FIELDS + (REVIEW_CSV_FIELDS if review else ()))
+
+    def review_cols(label: str, model_count: Any, model_percent: Any) -> list:
+        if not review:
+            return []
+        a = per.get(label, {})
+        return [model_count, model_percent, a.get("agreed", ""), _num(_times100(a.get("recall")), 2)]
+
     for cls in diff["classes"]:
         t = diff["types"][cls]
+        m = model["types"][cls] if model else {}
         writer.writerow([cls, t["count"], _num(t["percent"], 2), _num(t["ci_low"], 2), _num(t["ci_high"], 2),
-                         _num(t["reference_low"], 1), _num(t["reference_high"], 1), t["flag"]])
-    writer.writerow([diff.get("unidentified_label", "unidentified"), diff["unidentified"], "", "", "", "", "",
-                     "excluded from percentages"])
+                         _num(t["reference_low"], 1), _num(t["reference_high"], 1), t["flag"]]
+                        + review_cols(cls, m.get("count"), _num(m.get("percent"), 2)))
+    ulabel = diff.get("unidentified_label", "unidentified")
+    writer.writerow([ulabel, diff["unidentified"], "", "", "", "", "", "excluded from percentages"]
+                    + review_cols(ulabel, model["unidentified"] if model else "", ""))
     writer.writerow(["classified_total", diff["classified"], _num(100.0 if diff["classified"] else None, 2),
-                     "", "", "", "", ""])
+                     "", "", "", "", ""] + review_cols("", model["classified"] if model else "", ""))
+    if review:
+        kappa = review["agreement"]["cohen_kappa"]
+        writer.writerow(["artefact", review["artefacts"], "", "", "", "", "", "not a white cell (reviewer)"]
+                        + review_cols("artefact", 0, ""))
+        writer.writerow(["cohen_kappa", _num(kappa, 4), "", "", "", "", "",
+                         f"model against reviewer {review['signoff']['reviewer']}, {review['agreement']['cells']} cells"]
+                        + ["", "", "", ""])
     return buf.getvalue()
+
+
+def _times100(v: float | None) -> float | None:
+    return None if v is None else 100.0 * v
 
 
 def format_differential(diff: Mapping[str, Any]) -> Table:
@@ -129,7 +170,8 @@ figure img{width:128px;height:128px;object-fit:contain;background:#eee;border:1p
 
 
 def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any], cells: list[CellRow],
-                max_per_class: int = 200) -> str:
+                max_per_class: int = 200, review: Mapping[str, Any] | None = None,
+                model_labels: Mapping[int, str] | None = None) -> str:
     e = html.escape
     level = diff.get("level", 0.95)
     parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -138,6 +180,11 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
              "<h1>White cell differential</h1>"]
     for notice in banners(meta, diff):
         parts.append(f"<p class=\"banner\" role=\"alert\">{e(notice)}</p>")
+    if review:
+        s = review["signoff"]
+        parts.append(f"<p class=\"note\">Reviewed and signed off by <b>{e(s['reviewer'])}</b> at "
+                     f"{e(s.get('time_text', ''))}: the table shows the reviewed labels; the model's are "
+                     f"under <a href=\"#review\">Review</a>.</p>")
     parts.append(f"<p>{e(_caption(diff))}</p>")
     if diff["classified"] and diff["classified"] < 100:
         parts.append("<p class=\"note\">A differential is usually based on at least 100 white cells.</p>")
@@ -158,6 +205,9 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
     parts.append("</tbody></table>")
     parts.append("<p class=\"muted\">Flags compare the percent with the reference range; "
                  "read them together with the interval. Reference ranges differ between laboratories.</p>")
+
+    if review:
+        parts.extend(_review_html(review))
 
     if meta:
         parts.append("<h2>Run</h2><table><tbody>")
@@ -181,6 +231,9 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
                      f"{more} (least confident first)</h3><div class=\"gallery\">")
         for c in shown:
             caption = f"{c.confidence:.2f} · {c.frame_name}"
+            was = (model_labels or {}).get(c.id)
+            if was and was != c.label:
+                caption += f" · model: {was}"
             if c.crop_path and (run_dir / c.crop_path).is_file():
                 img = (f"<img src=\"{e(c.crop_path, quote=True)}\" loading=\"lazy\" "
                        f"alt=\"{e(label)} {c.confidence:.2f}\">")
@@ -190,6 +243,27 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _review_html(review: Mapping[str, Any]) -> list[str]:
+    e = html.escape
+    a = review["agreement"]
+    model = review["model_differential"]
+    kappa = a["cohen_kappa"]
+    pa = "" if a["percent_agreement"] is None else f" ({a['percent_agreement']:.1f}%)"
+    parts = ["<h2 id=\"review\">Review</h2>",
+             f"<p>{review['reviewed_cells']} of {review['total_cells']} cells reviewed; {review['artefacts']} "
+             f"called not a white cell (left out). Model and reviewer agree on {a['agreed']} of {a['cells']} cells{pa}; "
+             f"Cohen's kappa {'—' if kappa is None else f'{kappa:.3f}'}.</p>",
+             "<table><thead><tr><th>Type</th><th>Reviewed</th><th>Model</th><th>Model %</th><th>Agreed</th>"
+             "<th>Model recall %</th><th>Model precision %</th></tr></thead><tbody>"]
+    for label, p in a["per_label"].items():
+        mt = model["types"].get(label)
+        parts.append(f"<tr><td>{e(label)}</td><td>{p['reviewed']}</td><td>{p['model']}</td>"
+                     f"<td>{_pct(mt['percent']) if mt else ''}</td><td>{p['agreed']}</td>"
+                     f"<td>{_pct(_times100(p['recall']))}</td><td>{_pct(_times100(p['precision']))}</td></tr>")
+    parts.append("</tbody></table>")
+    return parts
 
 
 # ---------------------------------------------------------------- helpers

@@ -47,6 +47,9 @@ class CountOptions:
     threshold: float | None = None   # confidence below which a cell is unidentified
     reference: Path | None = None    # reference ranges for the flags
     show: bool = False               # live OpenCV window
+    serve: bool = False              # the review station with the live frame, in the browser
+    host: str = "127.0.0.1"          # where --serve listens (0.0.0.0: the lab network, with a token)
+    port: int = 8765
 
     def __post_init__(self) -> None:
         if self.count is not None and self.count <= 0:
@@ -56,6 +59,8 @@ class CountOptions:
         if self.threshold is not None and not (isinstance(self.threshold, (int, float))
                                                and not math.isnan(self.threshold) and 0.0 <= self.threshold <= 1.0):
             raise InputDataError(f"--threshold {self.threshold}: give a confidence in [0, 1], e.g. 0.6")
+        if not 1 <= int(self.port) <= 65535:
+            raise InputDataError(f"--port {self.port}: give a port in [1, 65535], e.g. 8765")
         if self.backend is not None and self.backend not in ("tflite", "onnx"):
             raise InputDataError(f"--backend {self.backend}: choose tflite or onnx")
         if self.precision is not None and self.precision not in ("int8", "fp32"):
@@ -78,6 +83,7 @@ class CountResult:
     timing: dict | None = None
     stop_reason: str = ""
     error: str | None = None   # a lost camera or a failed disk; the session folder keeps what was recorded
+    server: Any = None         # with serve: the review station, still serving (call .wait() or .stop())
 
 
 def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambda m: None,
@@ -122,24 +128,37 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
         recorder.set_meta(k, v)
     on_message(f"counting white cells from {meta['source']} with {bundle.path.name}/{pipeline.model_entry['file']} -> {out}")
 
+    live = server = None
+    if opts.serve:
+        from wbcedge.device.review.live import start_live_station
+        try:
+            live, server = start_live_station(out, opts.host, opts.port, profile.focus_threshold if profile else None,
+                                              on_message)
+        except BaseException:
+            src.close()
+            recorder.close(finished=False)
+            raise
     stop = StopFlag()
     restore = stop.install()
     window = None
     if opts.show:
         from wbcedge.device.display import LiveWindow
         window = LiveWindow(bundle.classes)
+    hooks = [h for h in (window.update if window else None, live.update if live else None) if h]
     result, error = None, None
     try:
         with src:
             result = run_session(src, pipeline, recorder, CellTracker(tracking=src.is_stream), count_target=opts.count,
                                  blur_threshold=profile.focus_threshold if profile else None, stop=stop,
-                                 on_frame=window.update if window else None)
+                                 on_frame=(lambda *a: [h(*a) for h in hooks]) if hooks else None)
     except OutputError as exc:
         error = str(exc)
     finally:
         restore()
         if window:
             window.close()
+        if live:
+            live.finish()
     if result is None:  # the disk failed: report from what the database holds
         labels = [c.label for c in read_cells(out)]
         stop_reason = "output error"
@@ -155,4 +174,4 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
     return CountResult(session_dir=out, differential=diff, meta=meta, labels=labels, paths=paths,
                        frames_seen=result.frames_seen if result else None,
                        frames_blurred=result.frames_blurred if result else None,
-                       timing=result.timing if result else None, stop_reason=stop_reason, error=error)
+                       timing=result.timing if result else None, stop_reason=stop_reason, error=error, server=server)
