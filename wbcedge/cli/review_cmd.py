@@ -8,7 +8,7 @@ import typer
 from typer.core import TyperGroup
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, write_json
+from wbcedge.cli.common import JSON_OPTION, console, examples, write_json
 
 
 class _SessionOrCommand(TyperGroup):
@@ -26,7 +26,9 @@ review_app = typer.Typer(cls=_SessionOrCommand, no_args_is_help=True, add_comple
 app.add_typer(review_app, name="review", rich_help_panel="On the device (no TensorFlow)")
 
 
-@review_app.command("open")
+@review_app.command("open", epilog=examples(
+    "wbcedge review open runs/session-20261201-101500",
+    "wbcedge review open runs/session-20261201-101500 --host 0.0.0.0 --no-browser"))
 def review_open(
     session: Path = typer.Argument(..., help="A session folder written by `wbcedge run` (runs/session-...)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 serves the lab network "
@@ -58,7 +60,9 @@ def review_open(
     uvicorn.run(web, host=host, port=port, log_level="warning")
 
 
-@review_app.command("export")
+@review_app.command("export", epilog=examples(
+    "wbcedge review export runs/session-20261201-101500 runs/session-20261202-093000 --out site-cells",
+    "wbcedge adapt --data site-cells --out site-bundle"))
 def review_export(
     sessions: list[Path] = typer.Argument(..., help="One or more reviewed session folders."),
     out: Path = typer.Option(..., "--out", "-o", help="A new folder: <class>/<session>_<cell>.jpg and manifest.csv."),
