@@ -35,7 +35,8 @@ def test_a_wbcedge_error_with_brackets_prints_intact_through_main(monkeypatch, c
 
 
 @pytest.mark.parametrize("verb,blocked,extra", [("train", "tensorflow", "train"), ("export", "tensorflow", "train"),
-                                                 ("export", "tf2onnx", "export")])
+                                                 pytest.param("export", "tf2onnx", "export",
+                                                              marks=pytest.mark.train)])  # TensorFlow must be there
 def test_training_verbs_on_a_device_only_install_name_the_extra(monkeypatch, capsys, tmp_path, sample_manifest,
                                                                  repo_root, verb, blocked, extra):
     # A device-only install: None in sys.modules makes `import tensorflow` raise ModuleNotFoundError.
