@@ -71,9 +71,10 @@ class LocatorConfig:
     """Knobs of `locate_cells`. The defaults were tuned on BCCD trainval and hold on PBC crops."""
     work_px_per_um: float = 3.6          # resolution the segmentation runs at (px per micrometre)...
     work_size: int = 160                 # ...first guessed as this longer side when um_per_px is not given
-    nucleus_contrast: float = 35.0       # blue-minus-red above the frame median that marks nuclear stain
-    nucleus_relative: float = 0.4        # ...and above this fraction of the frame's nuclear peak
-    nucleus_saturation: float = 0.5      # ...and saturation above this fraction of the nuclear peak
+    nucleus_contrast: float = 0.2        # nuclear stain (red minus blue optical density) above the frame's median
+                                         # by this fraction of the red cells' optical density...
+    nucleus_relative: float = 0.4        # ...and by this fraction of the frame's nuclear peak
+    nucleus_saturation: float = 0.3      # ...and total optical density above this fraction of the nuclear peak
     rbc_diameter_um: float = 7.5         # red-cell diameter, the ruler when um_per_px is not given
     fallback_rbc_fraction: float = 0.2   # red-cell diameter / shorter frame side when no red cells are seen
     min_cell_um: float = 6.5             # smaller cells (box side) are platelets or debris
@@ -127,7 +128,16 @@ def _disc(radius: float) -> np.ndarray:
 
 
 class _Work:
-    """The frame at working size and the channels every step shares."""
+    """The frame at working size and the channels every step shares, relative to the frame's own background.
+
+    Transmitted light: a pixel is the background's light times each stain's transmittance,
+    so optical density relative to the background (log background - log pixel, per
+    channel) is free of the lamp's colour, the white balance and the exposure. Nuclear
+    stain (azure/methylene blue, haematoxylin) absorbs red light, red cells and
+    eosinophilic granules absorb green and blue: `stain` = red OD - blue OD is high on
+    nuclei only. Its threshold is set per frame, relative to the frame's nuclear peak and
+    to its red cells' optical density (pale stains have pale red cells too).
+    """
 
     def __init__(self, frame_bgr: np.ndarray, config: LocatorConfig, scale: float | None = None):
         h, w = frame_bgr.shape[:2]
@@ -136,24 +146,50 @@ class _Work:
         small = frame_bgr if self.scale == 1.0 else cv2.resize(
             frame_bgr, (max(1, round(w * self.scale)), max(1, round(h * self.scale))), interpolation=cv2.INTER_AREA)
         b, g, r = cv2.split(small)
-        self.green = g
-        blue_red = cv2.subtract(b, r, dtype=cv2.CV_16S)
-        self.blue_red = cv2.blur(blue_red, (3, 3))
-        self.level = float(np.median(self.blue_red))
-        peak = float(np.percentile(self.blue_red, 99.5)) - self.level
-        purple = self.blue_red > self.level + max(config.nucleus_contrast, config.nucleus_relative * peak)
+        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        bright = (grey >= _quantiles(grey, (0.75,))[0]).astype(np.uint8)
+        background = np.array([_masked_median(c, bright) for c in (b, g, r)], np.float32)
+        self.background_bgr = background
+        log_bg = np.log(background + 1.0)
+        od_b, od_g, od_r = (float(lb) - _LOG[c] for lb, c in zip(log_bg, (b, g, r)))
+        self.density = od_b + od_g + od_r               # total optical density: red cells, nuclei, granules
+        self.blue_red = cv2.blur(od_r - od_b, (3, 3))
+        # Red cells cover much of a smear: the 90th percentile of density measures how strongly
+        # this frame is stained; a pale stain lowers nuclei and red cells alike.
+        self.stain_density = max(_quantiles(self.density, (0.9,))[0], 0.05)
+        self.level, top = _quantiles(self.blue_red, (0.5, 0.995))
+        self.threshold = self.level + max(config.nucleus_contrast * self.stain_density,
+                                          config.nucleus_relative * (top - self.level))
+        purple = self.blue_red > self.threshold
         if purple.any():
-            sat = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)[..., 1]
-            peak = float(np.percentile(sat[purple], 95))
-            purple &= sat > config.nucleus_saturation * peak
+            peak_density = float(np.percentile(self.density[purple], 95))
+            purple &= self.density > config.nucleus_saturation * peak_density
         self.nucleus = purple.astype(np.uint8)
+
+
+_LOG = np.log(np.arange(1, 257, dtype=np.float32))     # log(v + 1) for every 8-bit value
+
+
+def _quantiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """Quantiles of an image from every other pixel of every other row (fast, and plenty for a threshold)."""
+    flat = values[::2, ::2].ravel() if values.ndim == 2 and min(values.shape) >= 32 else values.ravel()
+    ks = [min(flat.size - 1, int(q * (flat.size - 1))) for q in qs]
+    part = np.partition(flat, ks)
+    return [float(part[k]) for k in ks]
+
+
+def _masked_median(channel: np.ndarray, mask: np.ndarray) -> float:
+    hist = cv2.calcHist([channel], [0], mask, [256], [0, 256]).ravel()
+    cum = np.cumsum(hist)
+    return float(np.searchsorted(cum, cum[-1] / 2.0)) if cum[-1] > 0 else float(np.median(channel))
 
 
 def _rbc_diameter_px(work: _Work) -> float | None:
     """Red-cell diameter in working pixels, or None when too few red cells are visible."""
     # Red cells absorb green: they are darker than the background in G. Threshold with Otsu
     # on the non-purple pixels (clipped, so eosinophil granules or dark debris do not pull it).
-    dark = 255 - work.green
+    top = max(_quantiles(work.density, (0.99,))[0], 1e-3)
+    dark = np.clip(work.density * (255.0 / top), 0, 255).astype(np.uint8)
     keep = cv2.dilate(work.nucleus, _disc(2)) == 0
     values = dark[keep]
     if values.size < 100:
@@ -366,9 +402,9 @@ def _score(work: _Work, labels: np.ndarray, ids: np.ndarray, nbox: tuple[int, in
     """0..1: how far the nucleus is above the size floor and how strongly it is stained."""
     x0, y0, x1, y1 = nbox
     inside = np.isin(labels[y0:y1, x0:x1], ids)
-    stain = float(work.blue_red[y0:y1, x0:x1][inside].mean()) - work.level
+    stain = float(work.blue_red[y0:y1, x0:x1][inside].mean()) - work.threshold
     size_term = np.clip((area_um2 - config.min_nucleus_area_um2) / config.min_nucleus_area_um2, 0.0, 1.0)
-    stain_term = np.clip((stain - config.nucleus_contrast) / config.nucleus_contrast, 0.0, 1.0)
+    stain_term = np.clip(stain / max(work.threshold - work.level, 1e-3), 0.0, 1.0)
     return float(round(0.5 + 0.25 * size_term + 0.25 * stain_term, 4))
 
 
