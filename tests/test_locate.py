@@ -33,7 +33,7 @@ def _smear(wbc_center: tuple[int, int] | None = (330, 250), seed: int = 0, h: in
     rng = np.random.default_rng(seed)
     img = np.full((h, w, 3), BACKGROUND, np.uint8)
     r_wbc = 95
-    for _ in range(60):
+    for _ in range(50):
         x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
         if wbc_center is not None and np.hypot(x - wbc_center[0], y - wbc_center[1]) < r_wbc + 45:
             continue

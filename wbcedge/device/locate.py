@@ -39,7 +39,7 @@ from dataclasses import dataclass, fields
 import cv2
 import numpy as np
 
-__all__ = ["CellBox", "LocatorConfig", "locate_cells", "measure_cell_fraction", "estimate_um_per_px"]
+__all__ = ["CellBox", "LocatorConfig", "Located", "locate_cells", "locate_frame", "measure_cell_fraction", "estimate_um_per_px"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,8 @@ class LocatorConfig:
     min_lobe_area_um2: float = 5.0       # a cell's largest nuclear blob is at least this big
     speck_area_um2: float = 0.5          # blobs below this are ignored altogether
     max_cell_um: float = 30.0            # nuclei wider than this are clumps, not one cell
+    wbc_nucleus_um: float = 11.0         # a white cell's nucleus (box side; BCCD median 10.6, PBC 11.3): the
+                                         # ruler when the red cells give none or one that no cell fits
     lobe_gap_um: float = 0.5             # nuclear blobs this close are one nucleus
     same_cell_overlap: float = 0.85      # nuclei whose cells' centres are closer than this x their mean
                                          # diameter are one cell (far-apart eosinophil lobes)
@@ -109,6 +111,7 @@ _DEFAULT = LocatorConfig()
 # The measured scale moves the working resolution only when it is this far (relative) from
 # work_px_per_um: a 640x480 frame of BCCD stays at 160 px whatever the red cells' spread.
 _RESCALE_TOLERANCE = 0.25
+_SCALE_PASSES = 3        # re-measure the red cells at the new resolution at most this often
 
 
 def _check_frame(frame_bgr: np.ndarray) -> None:
@@ -219,16 +222,36 @@ def _rbc_diameter_px(work: _Work) -> float | None:
     return 2.0 * float(np.percentile(radii, 80)) / 0.77
 
 
-def _px_per_um(work: _Work, config: LocatorConfig, um_per_px: float | None) -> tuple[float, bool]:
-    """Working pixels per micrometre, and whether it was measured on this frame's red cells."""
-    if um_per_px is not None:
-        return work.scale / um_per_px, False
+def _scaled_work(frame_bgr: np.ndarray, config: LocatorConfig) -> tuple[_Work, float | None]:
+    """The working copy at about `work_px_per_um`, and its pixels per micrometre measured on the
+    red cells (None when too few are visible).
+
+    Red cells are measured first on a copy `work_size` wide; when they come out far from
+    the target resolution, the copy is remade at the resolution they imply. When that is
+    finer (low magnification: small red cells), they are measured again there, since red
+    cells only a few pixels wide merge and read too large; a coarser copy is not re-measured,
+    since merging only grows there.
+    """
+    h, w = frame_bgr.shape[:2]
+    work = _Work(frame_bgr, config, config.work_size / max(h, w))
     rbc = _rbc_diameter_px(work)
-    short = min(work.nucleus.shape)
-    if rbc is None:
-        return config.fallback_rbc_fraction * short / config.rbc_diameter_um, False
-    rbc = float(np.clip(rbc, short / 40.0, short / 1.5))
-    return rbc / config.rbc_diameter_um, True
+    ppu = None
+    for _ in range(_SCALE_PASSES):
+        if rbc is None:
+            return work, ppu
+        short = min(work.nucleus.shape)
+        ppu = float(np.clip(rbc, short / 40.0, short / 1.5)) / config.rbc_diameter_um
+        finer = min(1.0, work.scale * config.work_px_per_um / ppu)
+        if abs(finer / work.scale - 1.0) <= _RESCALE_TOLERANCE:
+            break
+        ppu_frame = ppu / work.scale
+        coarser = finer < work.scale
+        work = _Work(frame_bgr, config, finer)
+        ppu = ppu_frame * work.scale
+        if coarser:          # red cells read larger still at a coarser copy (they merge): keep this reading
+            break
+        rbc = _rbc_diameter_px(work)
+    return work, ppu
 
 
 def estimate_um_per_px(frames_bgr: np.ndarray | list[np.ndarray], config: LocatorConfig | None = None) -> float | None:
@@ -242,11 +265,9 @@ def estimate_um_per_px(frames_bgr: np.ndarray | list[np.ndarray], config: Locato
     frames = [frames_bgr] if isinstance(frames_bgr, np.ndarray) else list(frames_bgr)
     values = []
     for frame in frames:
-        _check_frame(frame)
-        work = _Work(frame, config)
-        rbc = _rbc_diameter_px(work)
-        if rbc is not None:
-            values.append(config.rbc_diameter_um * work.scale / rbc)
+        found = locate_frame(frame, config)
+        if found.scale_source == "red cells" and found.um_per_px is not None:
+            values.append(found.um_per_px)
     return float(np.median(values)) if values else None
 
 
@@ -337,41 +358,82 @@ def locate_cells(frame_bgr: np.ndarray, config: LocatorConfig | None = None,
     """The white cells in a BGR uint8 frame, best score first.
 
     `um_per_px` (micrometres per frame pixel) sets the size limits when known;
-    otherwise the scale is measured from the red cells in this frame.
+    otherwise the scale is measured from the red cells in this frame (see `locate_frame`).
+    """
+    return locate_frame(frame_bgr, config, um_per_px).cells
+
+
+@dataclass(frozen=True)
+class Located:
+    """What `locate_frame` found, and the scale it used to find it."""
+    cells: list[CellBox]
+    um_per_px: float          # the scale the size limits used
+    scale_source: str         # "given", "red cells", "assumed" (no red cells to measure: a red cell is taken
+                              # as `fallback_rbc_fraction` of the frame), or "white cell" (the red cells' or the
+                              # assumed scale made every nucleus too wide: high magnification, few red cells)
+
+
+def locate_frame(frame_bgr: np.ndarray, config: LocatorConfig | None = None,
+                 um_per_px: float | None = None) -> Located:
+    """`locate_cells` with the scale it used and where that scale came from.
+
+    A given `um_per_px` (a camera profile's stage-micrometre value) always wins. Otherwise
+    the red cells are the ruler; when they cannot be measured, or their scale would make
+    every nucleus in the frame too wide to be one cell, the widest nucleus is taken as a
+    white cell's (`wbc_nucleus_um`) and the size limits are applied at that scale instead
+    of rejecting every cell.
     """
     _check_frame(frame_bgr)
     if um_per_px is not None and not (np.isfinite(um_per_px) and um_per_px > 0):
         raise ValueError(f"um_per_px={um_per_px!r} must be a positive number of micrometres per pixel (or None)")
     config = config or _DEFAULT
-    h, w = frame_bgr.shape[:2]
     if um_per_px is not None:        # physical working resolution: the same on every microscope
-        scale = config.work_px_per_um * um_per_px
+        work = _Work(frame_bgr, config, config.work_px_per_um * um_per_px)
+        ppu, source = work.scale / um_per_px, "given"
     else:
-        scale = config.work_size / max(h, w)
-    work = _Work(frame_bgr, config, scale)
+        work, ppu = _scaled_work(frame_bgr, config)
+        source = "red cells"
+        if ppu is None:              # no red cells to measure: assume a typical field, checked below
+            ppu = config.fallback_rbc_fraction * min(work.nucleus.shape) / config.rbc_diameter_um
+            source = "assumed"
     if not work.nucleus.any():
-        return []
-    ppu, measured = _px_per_um(work, config, um_per_px)
-    if measured:
-        finer = min(1.0, work.scale * config.work_px_per_um / ppu)
-        if abs(finer / work.scale - 1.0) > _RESCALE_TOLERANCE:
-            ppu *= finer / work.scale
-            work = _Work(frame_bgr, config, finer)
-            if not work.nucleus.any():
-                return []
+        return Located([], work.scale / ppu, source)
+    nuclei, stats, labels, widest = _nuclei(work, config, ppu)
+    if not nuclei and widest and um_per_px is None:
+        # Every candidate is wider than a cell can be: the ruler is wrong, not the cells.
+        ppu_wbc = widest / config.wbc_nucleus_um
+        finer = min(1.0, work.scale * config.work_px_per_um / ppu_wbc)
+        ppu_frame = ppu_wbc / work.scale
+        work = _Work(frame_bgr, config, finer)
+        ppu, source = ppu_frame * work.scale, "white cell"
+        nuclei, stats, labels, _ = _nuclei(work, config, ppu)
+    return Located(_cell_boxes(frame_bgr.shape[:2], work, config, ppu, nuclei, stats, labels),
+                   work.scale / ppu, source)
+
+
+def _nuclei(work: _Work, config: LocatorConfig, ppu: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, float]:
+    """Nuclei that pass the size limits, the blob stats and labels, and the widest nucleus
+    dropped for being wider than a cell (working px; 0 when none was)."""
     groups, labels, stats = _nucleus_groups(work, config, ppu)
     # Platelets and specks take no part in merging; far-apart lobes of one cell do.
     lobes = [ids for ids in groups if stats[ids, cv2.CC_STAT_AREA].max() >= config.min_lobe_area_um2 * ppu * ppu]
-    nuclei = []
+    nuclei, widest = [], 0.0
     for ids in _merge_overlapping(lobes, stats, config, ppu):
         # Size limits: small blobs (platelets, debris) and clumps out.
         if stats[ids, cv2.CC_STAT_AREA].sum() < config.min_nucleus_area_um2 * ppu * ppu:
             continue
         nbox = _nucleus_box(ids, stats)
-        if max(nbox[2] - nbox[0], nbox[3] - nbox[1]) > config.max_cell_um * ppu:
+        side = max(nbox[2] - nbox[0], nbox[3] - nbox[1])
+        if side > config.max_cell_um * ppu:
+            widest = max(widest, float(side))
             continue
         nuclei.append(ids)
+    return nuclei, stats, labels, widest
 
+
+def _cell_boxes(frame_hw: tuple[int, int], work: _Work, config: LocatorConfig, ppu: float,
+                nuclei: list[np.ndarray], stats: np.ndarray, labels: np.ndarray) -> list[CellBox]:
+    h, w = frame_hw
     wh, ww = work.nucleus.shape
     s = work.scale
     cells: list[CellBox] = []
