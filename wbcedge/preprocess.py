@@ -101,28 +101,56 @@ def crop_policy(spec: PreprocessSpec) -> str:
     return f"crops sized relative to each cell ({relative}): no physical crop size is known for the training data"
 
 
+def background_colour(image_bgr: np.ndarray) -> tuple[int, int, int]:
+    """The field's background colour (BGR): per channel, the median of the brightest quarter of pixels.
+
+    In a smear or a single-cell crop the brightest quarter is the empty glass between
+    cells, whatever the lamp's colour or the camera's white balance.
+    """
+    sample = image_bgr[::4, ::4].reshape(-1, 3) if min(image_bgr.shape[:2]) >= 64 else image_bgr.reshape(-1, 3)
+    grey = sample.astype(np.int32).sum(axis=1)
+    bright = sample[grey >= np.percentile(grey, 75)]
+    return tuple(int(v) for v in np.median(bright, axis=0))
+
+
+def square_window(image_bgr: np.ndarray, cx: float, cy: float, side: int,
+                  fill: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The `side` x `side` square of an image centred on (cx, cy); where it reaches past the
+    image, the border is the image's background colour (`background_colour`, or `fill`).
+
+    A replicated border would smear the edge row into streaks that no training crop
+    ever showed; an even background is what a wider field of view would mostly show.
+    Training augmentation that pads or shifts crops should pad with this too.
+    """
+    side = max(1, int(side))
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    h, w = image_bgr.shape[:2]
+    x0, y0, x1, y1 = max(0, left), max(0, top), min(w, left + side), min(h, top + side)
+    if x0 == left and y0 == top and x1 == left + side and y1 == top + side:
+        return image_bgr[top:top + side, left:left + side]
+    out = np.empty((side, side, 3), np.uint8)
+    out[:] = background_colour(image_bgr) if fill is None else fill
+    if x1 > x0 and y1 > y0:
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = image_bgr[y0:y1, x0:x1]
+    return out
+
+
 def crop_around_cell(frame_bgr: np.ndarray, box: tuple[int, int, int, int], spec: PreprocessSpec,
                      um_per_px: float | None = None) -> np.ndarray:
     """A square crop centred on a located cell, sized like the training crops.
 
     With the frame's scale (`um_per_px`) and `spec.crop_um`, the crop is that many
     micrometres wide; otherwise the cell fills `spec.cell_fraction` of its side.
-    `box` is (x0, y0, x1, y1) in frame pixels. Parts outside the frame are filled by
-    replicating the border, so a cell near the edge keeps its apparent size.
+    `box` is (x0, y0, x1, y1) in frame pixels. Parts outside the frame are filled with
+    the frame's background colour (`square_window`), so a cell near the edge keeps its
+    apparent size without replicated streaks.
     """
     x0, y0, x1, y1 = box
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     if um_per_px and spec.crop_um:
         side = max(8, int(round(spec.crop_um / um_per_px)))
     else:
         side = max(8, int(round(max(x1 - x0, y1 - y0) / spec.cell_fraction)))
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-    h, w = frame_bgr.shape[:2]
-    pad = max(0, -left, -top, left + side - w, top + side - h)
-    if pad:
-        frame_bgr = cv2.copyMakeBorder(frame_bgr, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        left, top = left + pad, top + pad
-    return frame_bgr[top:top + side, left:left + side]
+    return square_window(frame_bgr, (x0 + x1) / 2.0, (y0 + y1) / 2.0, side)
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -310,12 +310,19 @@ def run_bench(bundle: Bundle, opts: BenchOptions, progress: Callable[[str], None
         np.save(inputs_npy, latency_inputs(bundle.spec))
         data_npy, y_true = None, None
         if opts.data is not None:
-            from wbcedge.preprocess import load_inputs
+            from wbcedge.device.recrop import load_cell_inputs
             records, y_true, what = labelled_data(opts.data, bundle)
             progress(f"accuracy data: {len(records)} labelled crops from {what}")
             data_npy = tmp / "data_inputs.npy"
-            np.save(data_npy, load_inputs([r.path for r in records], bundle.spec))
+            # The one crop policy: a set cut tighter or looser than training is re-cut by one factor.
+            data_inputs, crops = load_cell_inputs([r.path for r in records], bundle.spec)
+            np.save(data_npy, data_inputs)
+            if crops.factor != 1.0 or crops.no_cell:
+                progress(f"crops: re-cut x{crops.factor:.2f} to the trained cell scale; no cell found in "
+                         f"{len(crops.no_cell)} of {crops.measured + len(crops.no_cell)} measured")
             result["options"]["data"] = what
+            result["options"]["data_crops"] = {"factor": crops.factor, "median_fraction": crops.median_fraction,
+                                               "no_cell": len(crops.no_cell)}
 
         # Rounds: every configuration once per round, each in a fresh process, in alternating order, so that
         # other jobs on the machine hit every row alike and the spread across rounds shows the drift too.

@@ -34,14 +34,23 @@ def evaluate_cmd(
         fail("give MODEL and --data (a manifest or a class-folder tree), or --frames DIR for the locator")
     from wbcedge.data import load_split
     from wbcedge.evaluation import metrics
-    from wbcedge.evaluation.evaluate import predict_records
+    from wbcedge.evaluation.evaluate import predict_records, predict_records_report
     from wbcedge.train.run_folder import open_model
 
     records = load_split(data, split if data.is_file() else None)
     predictor = open_model(model, backend, precision)
-    y_true, probs = predict_records(predictor, records)
+    y_true, probs, crops = predict_records_report(predictor, records)
     results = metrics.classification_results(y_true, probs, predictor.classes)
     results["model"], results["data"], results["split"] = str(model), str(data), split
+    results["crops"] = crops
+    median = "-" if crops["median_fraction"] is None else f"{crops['median_fraction']:.2f}"
+    console.print(f"crops: located cell / crop side median {median} over {crops['measured']} crops "
+                  f"(trained: {predictor.spec.cell_fraction}); "
+                  + ("used as given" if crops["factor"] == 1.0 else f"every crop re-cut x{crops['factor']:.2f}")
+                  + f"; no cell found in {len(crops['no_cell'])}"
+                  + (": " + ", ".join(Path(p).name for p in crops["no_cell"][:10])
+                     + (" ..." if len(crops["no_cell"]) > 10 else "") if crops["no_cell"] else ""),
+                  markup=False, highlight=False)
     console.print(metrics.format_table(results, title=f"{model.name} on {data.name} ({len(records)} images)"))
     if compare is not None:
         other = open_model(compare, backend, precision)

@@ -12,21 +12,40 @@ import numpy as np
 
 from wbcedge.data import Record
 from wbcedge.labels import class_indices
-from wbcedge.preprocess import PreprocessSpec, load_inputs, read_image, to_model_input
+from wbcedge.preprocess import PreprocessSpec, read_image, to_model_input
 
 
 def labelled_inputs(records: list[Record], spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs and class indices for labelled records, preprocessed by the spec's own code."""
-    return load_inputs([r.path for r in records], spec), class_indices(r.label for r in records)
+    """Model inputs and class indices for labelled single-cell crops, cut by the one crop policy
+    (`device.recrop`: the set is re-cut by one factor when its cells are not at the trained scale)."""
+    x, y, _ = labelled_inputs_report(records, spec)
+    return x, y
+
+
+def labelled_inputs_report(records: list[Record], spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`labelled_inputs` and the crop report (`device.recrop.CropScale` as a dict)."""
+    from wbcedge.device.recrop import load_cell_inputs
+
+    from dataclasses import asdict
+
+    x, scale = load_cell_inputs([r.path for r in records], spec)
+    return x, class_indices(r.label for r in records), asdict(scale)
 
 
 def predict_records(predictor, records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
-    x, y = labelled_inputs(records, predictor.spec)
-    return y, predictor.predict_many(x)
+    y, probs, _ = predict_records_report(predictor, records)
+    return y, probs
+
+
+def predict_records_report(predictor, records: list[Record]) -> tuple[np.ndarray, np.ndarray, dict]:
+    x, y, report = labelled_inputs_report(records, predictor.spec)
+    return y, predictor.predict_many(x), report
 
 
 def single_image_predict(path: Path, predictor) -> np.ndarray:
-    return predictor.predict(to_model_input(read_image(path), predictor.spec)[None])[0]
+    from wbcedge.device.recrop import single_cell_input
+
+    return predictor.predict(single_cell_input(read_image(path), predictor.spec)[0][None])[0]
 
 
 # ---------------------------------------------------------------- another microscope: labelled frames

@@ -12,22 +12,17 @@ device, but training augmentation may reuse these functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
+
+from wbcedge.preprocess import background_colour
 
 Box = tuple[int, int, int, int]
 
 # Background colours of other microscopes' fields (BGR): white balance, filters, lamp.
 TINTS_BGR = {"white": (250, 250, 250), "cyan": (240, 230, 165), "yellow": (165, 235, 245), "pink": (225, 200, 250)}
-
-
-def background_colour(image_bgr: np.ndarray) -> np.ndarray:
-    """The field's background colour (BGR floats): the median of the brightest quarter of pixels."""
-    grey = image_bgr.astype(np.float32).sum(axis=2)
-    bright = grey >= np.percentile(grey, 75)
-    return np.median(image_bgr[bright].astype(np.float32), axis=0)
 
 
 def hed_jitter(image_bgr: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
@@ -54,7 +49,7 @@ def pale_stain(image_bgr: np.ndarray, strength: float, rng: np.random.Generator 
 def tint(image_bgr: np.ndarray, strength: float, target_bgr: tuple[int, int, int]) -> np.ndarray:
     """Another white balance: per-channel gains that move the background toward `target_bgr`
     (`strength` 1 = all the way; transmitted light scales every pixel by the same gain)."""
-    gain = 1.0 + strength * (np.asarray(target_bgr, np.float32) / np.maximum(background_colour(image_bgr), 1.0) - 1.0)
+    gain = 1.0 + strength * (np.asarray(target_bgr, np.float32) / np.maximum(np.asarray(background_colour(image_bgr), np.float32), 1.0) - 1.0)
     return _to_uint8(image_bgr.astype(np.float32) * gain)
 
 

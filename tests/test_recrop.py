@@ -1,0 +1,87 @@
+"""One crop policy: a set of single-cell crops cut tighter or looser than training is re-cut to the trained scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from wbcedge.device.locate import measure_cell_fraction
+from wbcedge.device.recrop import crop_scale, load_cell_inputs, rescale_crop, single_cell_input
+from wbcedge.evaluation.shifts import looser_crop, tighter_crop
+from wbcedge.preprocess import PreprocessSpec, background_colour, read_image, square_window
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = PreprocessSpec.load(REPO / "wbcedge" / "default_bundle")
+CROPS = sorted((REPO / "wbcedge" / "samples" / "pbc").glob("*/*.jpg"))
+
+
+def _write(folder: Path, images: list[np.ndarray]) -> list[Path]:
+    folder.mkdir()
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(folder / f"{i:02d}.png")
+        cv2.imwrite(str(paths[-1]), im)
+    return paths
+
+
+def _cell_px(model_inputs: np.ndarray) -> np.ndarray:
+    """The located cell's diameter in model-input pixels, measured on what the model sees."""
+    out = []
+    for x in model_inputs:
+        f = measure_cell_fraction(np.ascontiguousarray(x[..., ::-1]) if SPEC.color_order == "RGB" else x)
+        out.append(np.nan if f is None else f * SPEC.input_size)
+    return np.array(out)
+
+
+def test_tighter_and_looser_sets_give_the_model_the_same_cell_size(tmp_path: Path) -> None:
+    crops = [read_image(p) for p in CROPS]
+    tight = _write(tmp_path / "tight", [tighter_crop(c, 1.5) for c in crops])
+    loose = _write(tmp_path / "loose", [looser_crop(c, 1.8) for c in crops])
+    x_tight, s_tight = load_cell_inputs(tight, SPEC, workers=1)
+    x_loose, s_loose = load_cell_inputs(loose, SPEC, workers=1)
+    assert s_tight.factor > 1.3 and s_loose.factor < 0.7       # widened and narrowed
+    # As given, the cells would be 1.5 x 1.8 = 2.7x apart in size (~70 px at 160 px inputs).
+    a, b = _cell_px(x_tight), _cell_px(x_loose)
+    ok = np.isfinite(a) & np.isfinite(b)
+    assert ok.sum() >= len(crops) - 2
+    assert float(np.median(np.abs(a[ok] - b[ok]))) <= 4.0, (a, b)
+    # ...and at the trained fraction of the input, within 10 %.
+    for sizes in (a[ok], b[ok]):
+        assert float(np.median(sizes)) == pytest.approx(SPEC.cell_fraction * SPEC.input_size, rel=0.10)
+    # Relative sizes survive: a small cell stays smaller than a large one (one factor per set).
+    assert np.corrcoef(a[ok], b[ok])[0, 1] > 0.5
+
+
+def test_training_crops_are_used_as_given(tmp_path: Path) -> None:
+    x, scale = load_cell_inputs(CROPS, SPEC, workers=1)
+    assert scale.factor == 1.0 and scale.no_cell == []
+    assert scale.median_fraction == pytest.approx(SPEC.cell_fraction, rel=0.15)
+
+
+def test_no_cell_is_reported_and_the_crop_used_as_given(tmp_path: Path) -> None:
+    blank = np.full((200, 220, 3), (230, 215, 205), np.uint8)
+    paths = _write(tmp_path / "mixed", [blank, read_image(CROPS[0])])
+    x, scale = load_cell_inputs(paths, SPEC, workers=1)
+    assert x.shape == (2, SPEC.input_size, SPEC.input_size, 3)
+    assert scale.no_cell == [str(paths[0])] and scale.measured == 1
+    _, alone = single_cell_input(blank, SPEC)
+    assert alone.factor == 1.0 and alone.no_cell == ["image"]
+    assert crop_scale([None, None], SPEC).factor == 1.0
+
+
+def test_rescale_and_square_window_pad_with_the_background_not_streaks() -> None:
+    crop = read_image(CROPS[0])
+    h, w = crop.shape[:2]
+    wide = rescale_crop(crop, 2.0)
+    assert wide.shape[:2] == (2 * min(h, w), 2 * min(h, w))
+    assert (wide[:20, :20].reshape(-1, 3) == np.array(background_colour(crop))).all()
+    side = max(h, w) * 2
+    out = square_window(crop, w / 2, h / 2, side)
+    top, left = int(round(h / 2 - side / 2)), int(round(w / 2 - side / 2))
+    assert (out[-top:-top + h, -left:-left + w] == crop).all()      # the image itself is untouched
+    assert rescale_crop(crop, 1.0) is crop
+    narrow = rescale_crop(crop, 0.5)
+    assert narrow.shape[:2] == (min(h, w) // 2, min(h, w) // 2)
