@@ -23,8 +23,8 @@ def evaluate_cmd(
     compare: Path = typer.Option(None, "--compare", help="A second model: McNemar test on the same images (default: none)."),
     backend: str = typer.Option(None, "--backend", help="For a bundle: tflite or onnx (default: the bundle's)."),
     precision: str = typer.Option(None, "--precision", help="For a bundle: int8 or fp32 (default: the bundle's)."),
-    frames: Path = typer.Option(None, "--frames", help="Evaluate white-cell localization on a VOC folder of frames instead "
-                                                   "(default: none: classify crops)."),
+    frames: Path = typer.Option(None, "--frames", help="Evaluate white-cell localization on annotated frames instead "
+                                "(VOC .xml or YOLO .txt labels; default: none: classify crops)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Evaluate a model on held-out crops (or the cell locator on annotated frames)."""
@@ -77,10 +77,18 @@ def _evaluate_frames(frames: Path, model: Path | None, json_path: Path | None) -
     from wbcedge.evaluation.locate_eval import evaluate_localization
 
     frames = Path(frames)
-    images = frames / "JPEGImages" if (frames / "JPEGImages").is_dir() else frames
-    annotations = frames / "Annotations" if (frames / "Annotations").is_dir() else frames / "annotations"
-    if not annotations.is_dir():
-        fail(f"no VOC annotations next to {frames}: expected {frames}/Annotations/*.xml")
+    # VOC (JPEGImages/ + Annotations/), Ultralytics YOLO (images/ + labels/), or frames with an
+    # annotations/ or labels/ folder, or with their .xml/.txt files beside them.
+    layouts = [("JPEGImages", "Annotations"), ("images", "labels"), (".", "Annotations"), (".", "annotations"),
+               (".", "labels"), (".", ".")]
+    for image_dir, label_dir in layouts:
+        images, annotations = frames / image_dir, frames / label_dir
+        if images.is_dir() and annotations.is_dir() and (any(annotations.glob("*.xml"))
+                                                          or any(p.stem != "classes" for p in annotations.glob("*.txt"))):
+            break
+    else:
+        fail(f"no annotations found for {frames}: expected VOC ({frames}/JPEGImages + Annotations/*.xml) or YOLO "
+             f"({frames}/images + labels/*.txt, 'class cx cy w h' normalised), or .xml/.txt files beside the frames")
     res = evaluate_localization(images, annotations)
     table = Table(title=f"White-cell localization on {frames} (IoU >= 0.5)")
     for col in ("frames", "boxes", "found", "recall", "precision", "extra boxes", "ms/frame"):

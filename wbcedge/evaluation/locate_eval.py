@@ -57,6 +57,74 @@ def read_voc_boxes(xml_path: Path | str, name: str = "WBC") -> list[Box]:
     return boxes
 
 
+def yolo_class_ids(labels_dir: Path | str, name: str) -> set[int] | None:
+    """The YOLO class ids called `name` (case-insensitive) in a `classes.txt` or `data.yaml` /
+    `dataset.yaml` beside the labels (or one folder up); None when no names file is found
+    (then every box counts)."""
+    labels_dir = Path(labels_dir)
+    for folder in (labels_dir, labels_dir.parent):
+        classes = folder / "classes.txt"
+        if classes.is_file():
+            names = [ln.strip() for ln in classes.read_text().splitlines() if ln.strip()]
+            return {i for i, n in enumerate(names) if n.lower() == name.lower()}
+        for yaml_name in ("data.yaml", "dataset.yaml"):
+            if (folder / yaml_name).is_file():
+                return _yaml_class_ids(folder / yaml_name, name)
+    return None
+
+
+def _yaml_class_ids(path: Path, name: str) -> set[int]:
+    """Class ids from an Ultralytics data.yaml `names:` entry (a list, inline or one per line, or
+    an id: name mapping), read without a YAML library."""
+    import re
+
+    text = path.read_text()
+    m = re.search(r"^names:\s*\[(.*?)\]", text, re.M | re.S)
+    if m:
+        names = [n.strip().strip("'\"") for n in m.group(1).split(",")]
+        return {i for i, n in enumerate(names) if n.lower() == name.lower()}
+    ids, i, in_names = set(), 0, False
+    for line in text.splitlines():
+        if re.match(r"^names:\s*$", line):
+            in_names = True
+            continue
+        if in_names:
+            item = re.match(r"^\s+(?:-\s*(.+)|(\d+)\s*:\s*(.+))$", line)
+            if not item:
+                break
+            key, value = (i, item.group(1)) if item.group(1) is not None else (int(item.group(2)), item.group(3))
+            if value.strip().strip("'\"").lower() == name.lower():
+                ids.add(key)
+            i += 1
+    return ids
+
+
+def read_yolo_boxes(txt_path: Path | str, width: int, height: int, class_ids: set[int] | None = None) -> list[Box]:
+    """The (x0, y0, x1, y1) pixel boxes of a YOLO label file (`class cx cy w h`, normalised to 0..1).
+
+    `class_ids` keeps only those classes (None: every box). Blank lines are skipped; a line
+    that is not five numbers raises InputDataError naming the file and line.
+    """
+    path = Path(txt_path)
+    boxes: list[Box] = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            cls, cx, cy, bw, bh = int(float(parts[0])), *(float(v) for v in parts[1:5])
+            if len(parts) < 5:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise InputDataError(f"{path}:{n}: not a YOLO box line ('class cx cy w h', normalised to 0..1): "
+                                 f"{line!r}; fix or remove that line") from None
+        if class_ids is not None and cls not in class_ids:
+            continue
+        boxes.append((int(round((cx - bw / 2) * width)), int(round((cy - bh / 2) * height)),
+                      int(round((cx + bw / 2) * width)), int(round((cy + bh / 2) * height))))
+    return boxes
+
+
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two (x0, y0, x1, y1) boxes; 0.0 when either is empty."""
     ix = min(a[2], b[2]) - max(a[0], b[0])
@@ -90,6 +158,10 @@ def evaluate_localization(frames_dir: Path | str, annotations_dir: Path | str, i
                           label: str = "WBC", um_per_px: float | None = None, repeat: int = 1) -> dict:
     """Run `locate_cells` on every frame that has an annotation and score it against the `label` boxes.
 
+    Annotations are VOC `.xml` or YOLO `.txt` files named like the frames. For YOLO the
+    class called `label` is looked up in a `classes.txt` or `data.yaml` beside the labels;
+    without one, every YOLO box counts as a white cell.
+
     `names` limits the run to these file stems (e.g. a VOC ImageSets list); `repeat`
     times each frame that many times and keeps the fastest (steadier on a busy machine). Returns
     recall, precision, extra_box_rate (false positives / ground-truth boxes), counts,
@@ -102,9 +174,14 @@ def evaluate_localization(frames_dir: Path | str, annotations_dir: Path | str, i
     if not frames_dir.is_dir():
         raise InputFileMissingError(f"{frames_dir}: no such frames folder")
     if not annotations_dir.is_dir():
-        raise InputFileMissingError(f"{annotations_dir}: no such annotations folder (VOC .xml files expected)")
+        raise InputFileMissingError(f"{annotations_dir}: no such annotations folder (VOC .xml or YOLO .txt files "
+                                    "expected)")
     frames = {p.stem: p for p in sorted(frames_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    stems = sorted(p.stem for p in annotations_dir.glob("*.xml") if p.stem in frames)
+    labels = {p.stem: p for p in annotations_dir.glob("*.xml") if p.stem in frames}
+    yolo = {p.stem: p for p in annotations_dir.glob("*.txt") if p.stem in frames and p.stem not in labels}
+    labels.update(yolo)
+    yolo_ids = yolo_class_ids(annotations_dir, label) if yolo else None
+    stems = sorted(labels)
     if names is not None:
         wanted = set(names)
         stems = [s for s in stems if s in wanted]
@@ -117,8 +194,11 @@ def evaluate_localization(frames_dir: Path | str, annotations_dir: Path | str, i
     times: list[float] = []
     misses: list[dict] = []
     for stem in stems:
-        gt = read_voc_boxes(annotations_dir / f"{stem}.xml", label)
         frame = read_image(frames[stem])
+        if labels[stem].suffix == ".txt":
+            gt = read_yolo_boxes(labels[stem], frame.shape[1], frame.shape[0], yolo_ids)
+        else:
+            gt = read_voc_boxes(labels[stem], label)
         if not times:
             locate_cells(frame, config, um_per_px=um_per_px)   # warm-up: first call pays OpenCV's set-up
         best = float("inf")
