@@ -71,6 +71,9 @@ class CellPipeline:
         self.classifier = Classifier(bundle.path / self.model_entry["file"], threads=threads)
         self.locator = locator or LocatorConfig()
         self.um_per_px = um_per_px
+        # Where the scale came from, for the session record: "profile", "red cells", or None while the
+        # red cells of no frame so far could be measured (each frame is then sized on its own).
+        self.scale_source = "profile" if um_per_px is not None else None
         self.threshold = bundle.threshold if threshold is None else threshold
         self.timer = StageTimer()
 
@@ -80,6 +83,7 @@ class CellPipeline:
             # The magnification does not change during a run: measure it once, from the
             # red cells of the first frame that shows enough of them, and keep it.
             self.um_per_px = estimate_um_per_px([image], self.locator)
+            self.scale_source = "red cells" if self.um_per_px is not None else None
         boxes = locate_cells(image, self.locator, um_per_px=self.um_per_px)
         t1 = time.perf_counter()
         crops = [crop_around_cell(image, b.box, self.spec, self.um_per_px) for b in boxes]

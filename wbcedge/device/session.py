@@ -166,6 +166,8 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
         labels, stop_reason, error = result.labels, result.stop_reason, result.error
     diff = differential(labels, bundle.classes, reference=reference)
     meta.update(stop_reason=stop_reason, error=error, um_per_px=pipeline.um_per_px,
+                scale_source=pipeline.scale_source or "not measured: no frame showed red cells that fit its "
+                "white cells, so each frame was sized on its own (give a camera profile with um_per_px)",
                 frames=result.frames_seen if result else None,
                 blurred_frames=result.frames_blurred if result else None, timing=result.timing if result else None)
     recorder.set_meta("stop_reason", stop_reason)
