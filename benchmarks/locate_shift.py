@@ -229,8 +229,8 @@ def table(results: list[dict], names: list[str]) -> str:
     lines = []
     fr = [r["frames"] for r in results]
     head = "| shift | level | " + " | ".join(f"recall {n} | extra {n} | diam. err {n}" for n in names) + " |"
-    lines += ["BCCD frames (IoU >= 0.5; extra = boxes matching no annotated cell / annotated cells; "
-              "diam. err = median |located diameter / annotated box side - 1|)", "", head,
+    lines += [("BCCD frames (IoU >= 0.5; extra = boxes matching no annotated cell / annotated cells; "
+               "diam. err = median |located diameter / annotated box side - 1|)"), "", head,
               "|" + "---|" * (2 + 3 * len(names))]
     for key in fr[0]:
         shift, level, s = (key.split("|") + ["", ""])[:3] if "|" in key else ("none", "", "")
@@ -241,8 +241,8 @@ def table(results: list[dict], names: list[str]) -> str:
         lines.append(f"| {shift} {s} | {level} | " + " | ".join(cells) + " |")
     if all("crops" in r for r in results):
         cr = [r["crops"] for r in results]
-        lines += ["", "PBC crops (found = a cell near the centre; fraction err. = median |fraction / expected - 1|, "
-                  "expected = the unshifted crop's fraction x the crop change; within 10 % = share of crops)", "",
+        lines += ["", ("PBC crops (found = a cell near the centre; fraction err. = median |fraction / expected - 1|, "
+                       "expected = the unshifted crop's fraction x the crop change; within 10 % = share of crops)"), "",
                   "| shift | level | " + " | ".join(f"found {n} | fraction err. {n} | within 10 % {n}" for n in names)
                   + " |", "|" + "---|" * (2 + 3 * len(names))]
         for key in cr[0]:

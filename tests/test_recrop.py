@@ -56,7 +56,7 @@ def test_tighter_and_looser_sets_give_the_model_the_same_cell_size(tmp_path: Pat
 
 
 def test_training_crops_are_used_as_given(tmp_path: Path) -> None:
-    x, scale = load_cell_inputs(CROPS, SPEC, workers=1)
+    _, scale = load_cell_inputs(CROPS, SPEC, workers=1)
     assert scale.factor == 1.0 and scale.no_cell == []
     assert scale.median_fraction == pytest.approx(SPEC.cell_fraction, rel=0.15)
 

@@ -79,7 +79,7 @@ def _yaml_class_ids(path: Path, name: str) -> set[int]:
     import re
 
     text = path.read_text()
-    m = re.search(r"^names:\s*\[(.*?)\]", text, re.M | re.S)
+    m = re.search(r"^names:\s*\[(.*?)\]", text, re.MULTILINE | re.DOTALL)
     if m:
         names = [n.strip().strip("'\"") for n in m.group(1).split(",")]
         return {i for i, n in enumerate(names) if n.lower() == name.lower()}

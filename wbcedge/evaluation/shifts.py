@@ -11,8 +11,8 @@ device, but training augmentation may reuse these functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -71,7 +71,7 @@ def defocus(image_bgr: np.ndarray, sigma_px: float, rng: np.random.Generator | N
 
 def jpeg(image_bgr: np.ndarray, quality: float, rng: np.random.Generator | None = None) -> np.ndarray:
     """Re-encoded as JPEG at `quality` (0-100)."""
-    ok, data = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    _, data = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
