@@ -1,4 +1,4 @@
-"""The preprocessing spec: crop geometry, physical vs fractional sizing, border replication, colour order, keys.
+"""The preprocessing spec: crop geometry, physical vs fractional sizing, background borders, colour order, keys.
 
 Frames are generated so that every pixel says where it came from (x in the blue
 channel, y in the green one), so a crop can be checked pixel by pixel.
@@ -17,6 +17,7 @@ from wbcedge.preprocess import (
     SPEC_FILE,
     PreprocessSpec,
     as_bgr,
+    background_colour,
     center_square,
     crop_around_cell,
     read_image,
@@ -55,13 +56,15 @@ def test_physical_crop_ignores_the_box_size_when_the_scale_is_known():
     assert crop_around_cell(frame, (110, 85, 130, 105), spec).shape == (40, 40, 3)
 
 
-def test_a_cell_at_the_edge_keeps_its_size_by_replicating_the_border():
+def test_a_cell_at_the_edge_keeps_its_size_with_a_background_coloured_border():
     frame, spec = coordinate_frame(), PreprocessSpec(cell_fraction=0.5)
     crop = crop_around_cell(frame, (0, 0, 20, 20), spec)        # centre (10, 10), side 40: 10 px outside
     assert crop.shape == (40, 40, 3)
     assert tuple(crop[10, 10, :2]) == (0, 0)                    # the frame's corner sits 10 px in
-    assert np.array_equal(crop[:10, 10:], np.repeat(crop[10:11, 10:], 10, axis=0))  # rows above: row 0 repeated
-    assert np.array_equal(crop[10:, :10], np.repeat(crop[10:, 10:11], 10, axis=1))  # columns left: column 0
+    # Outside the frame: one even colour, the frame's background (its brightest quarter), no streaks.
+    fill = np.array(background_colour(frame), np.uint8)
+    assert (crop[:10].reshape(-1, 3) == fill).all() and (crop[:, :10].reshape(-1, 3) == fill).all()
+    assert np.array_equal(crop[10:, 10:], frame[:30, :30])      # inside: the frame as it is
     assert tuple(crop[-1, -1, :2]) == (29, 29)
     tiny = crop_around_cell(frame, (5, 5, 6, 6), spec)
     assert tiny.shape == (8, 8, 3)                              # never below 8 px
