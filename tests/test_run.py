@@ -144,3 +144,33 @@ def test_no_camera_is_a_clear_error_and_leaves_no_run_folder(tmp_path):
     res = wbcedge("run", "--camera", "7", "--out", str(tmp_path / "run"))
     assert res.returncode != 0 and "could not be opened" in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+class StillImages:
+    """Still images as a source (not a stream)."""
+    is_stream = False
+    label = "test images"
+
+    def __init__(self, images):
+        self.images = images
+
+    def __iter__(self):
+        for i, im in enumerate(self.images):
+            yield Frame(i, im, time.time(), f"image{i}")
+
+    def close(self):
+        pass
+
+
+def test_an_image_without_a_white_cell_is_reported_per_image(tmp_path):
+    from wbcedge.device.records import read_frames
+
+    blank = np.full((300, 320, 3), (225, 215, 210), np.uint8)
+    images = [read_image(sorted(FRAMES.glob("*.jpg"))[0]), blank]
+    recorder = Recorder(tmp_path / "run")
+    pipeline = CellPipeline(load_bundle())
+    run_session(StillImages(images), pipeline, recorder, CellTracker(tracking=False))
+    recorder.close(finished=True)
+    notes = {f.frame_name: f.note for f in read_frames(tmp_path / "run")}
+    assert notes == {"image0": "", "image1": "no white cell found"}
+    assert pipeline.scale_source == "red cells"     # measured on the BCCD frame, kept for the session

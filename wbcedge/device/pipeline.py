@@ -170,8 +170,8 @@ def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, 
             labels.append(cell.label)
             counted.append(cell)
         blurred_frames += int(is_blurred)
-        recorder.commit_frame(frame.index, frame.name, focus=score, blurred=is_blurred,
-                              note="blurred: not analysed" if is_blurred else "")
+        note = "blurred: not analysed" if is_blurred else "" if cells else "no white cell found"
+        recorder.commit_frame(frame.index, frame.name, focus=score, blurred=is_blurred, note=note)
         timer.add("bookkeeping", time.perf_counter() - t2)
         timer.frames += 1
         if on_frame:
