@@ -174,3 +174,22 @@ def test_an_image_without_a_white_cell_is_reported_per_image(tmp_path):
     notes = {f.frame_name: f.note for f in read_frames(tmp_path / "run")}
     assert notes == {"image0": "", "image1": "no white cell found"}
     assert pipeline.scale_source == "red cells"     # measured on the BCCD frame, kept for the session
+
+
+def test_single_cell_images_are_recut_to_the_trained_scale_or_classified_as_given(tmp_path):
+    from wbcedge.device.records import read_frames
+    from wbcedge.evaluation.shifts import tighter_crop
+
+    crops = sorted((REPO / "wbcedge" / "samples" / "pbc").glob("*/*.jpg"))
+    tight = tighter_crop(read_image(crops[0]), 1.8)                 # the cell fills ~80 % of it
+    blank = np.full((200, 210, 3), (225, 215, 210), np.uint8)
+    recorder = Recorder(tmp_path / "run")
+    pipeline = CellPipeline(load_bundle(), single_cell=True)
+    result = run_session(StillImages([tight, blank]), pipeline, recorder, CellTracker(tracking=False))
+    recorder.close(finished=True)
+    assert len(result.labels) == 2                                   # one cell per image, even the blank one
+    notes = {f.frame_name: f.note for f in read_frames(tmp_path / "run")}
+    assert notes == {"image0": "", "image1": "no white cell found: classified as given"}
+    cells = read_cells(tmp_path / "run")
+    saved = read_image(tmp_path / "run" / cells[0].crop_path)
+    assert saved.shape[0] > 1.4 * tight.shape[0]                     # widened so the cell has the trained scale

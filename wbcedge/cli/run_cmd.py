@@ -37,6 +37,9 @@ def run_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="With --serve: the address to listen on (0.0.0.0: the lab "
                              "network; a token is printed and required for changes)."),
     port: int = typer.Option(8765, "--port", help="With --serve: the port."),
+    single_cell: bool = typer.Option(False, "--single-cell", help="Every image is one white cell (crops from another "
+                                     "source): it is re-cut so the cell has the trained scale; an image where no "
+                                     "cell is found is classified as given, and its record says so."),
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Locate, classify and count white cells; write the session folder and print the differential."""
@@ -49,7 +52,7 @@ def run_cmd(
 
     opts = CountOptions(source=source, camera=camera, bundle=bundle, profile=profile, count=count, out=out,
                         backend=backend, precision=precision, threads=threads, threshold=threshold,
-                        reference=reference, show=show, serve=serve, host=host, port=port)
+                        reference=reference, show=show, serve=serve, host=host, port=port, single_cell=single_cell)
     result = count_cells(opts, on_message=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
                          on_warning=lambda m: err_console.print(f"warning: {m}", markup=False, highlight=False))
     notices = banners(result.meta, result.differential)

@@ -21,6 +21,7 @@ from wbcedge.bundle import Bundle
 from wbcedge.device.capture import CameraLostError, FrameSource, focus_score
 from wbcedge.device.locate import CellBox, LocatorConfig, estimate_um_per_px, locate_cells
 from wbcedge.device.runtime import Classifier
+from wbcedge.device.recrop import rescale_crop, single_cell_input
 from wbcedge.preprocess import crop_around_cell, to_model_input
 
 UNIDENTIFIED = "unidentified"
@@ -63,7 +64,7 @@ class CellPipeline:
 
     def __init__(self, bundle: Bundle, backend: str | None = None, precision: str | None = None,
                  threads: int | None = None, locator: LocatorConfig | None = None,
-                 um_per_px: float | None = None, threshold: float | None = None):
+                 um_per_px: float | None = None, threshold: float | None = None, single_cell: bool = False):
         self.bundle = bundle
         self.spec = bundle.spec
         self.classes = bundle.classes
@@ -76,8 +77,13 @@ class CellPipeline:
         self.scale_source = "profile" if um_per_px is not None else None
         self.threshold = bundle.threshold if threshold is None else threshold
         self.timer = StageTimer()
+        # Every image is one white cell (crops from another source): see `_analyse_single_cell`.
+        self.single_cell = single_cell
+        self.note = ""          # what the last analysed image's record should say, if anything
 
     def analyse(self, image: np.ndarray) -> list[Cell]:
+        if self.single_cell:
+            return self._analyse_single_cell(image)
         t0 = time.perf_counter()
         if self.um_per_px is None:
             # The magnification does not change during a run: measure it once, from the
@@ -100,7 +106,26 @@ class CellPipeline:
             conf = float(p[k])
             label = self.classes[k] if conf >= self.threshold else UNIDENTIFIED
             cells.append(Cell(box, label, conf, p, crop))
+        self.note = "" if cells else "no white cell found"
         return cells
+
+    def _analyse_single_cell(self, image: np.ndarray) -> list[Cell]:
+        """A single-cell image: its cell shown at the trained scale (`device.recrop`), or the image as
+        given when no cell is found in it (and `note` says so). Always one cell per image."""
+        t0 = time.perf_counter()
+        x, scale = single_cell_input(image, self.spec)
+        crop = rescale_crop(image, scale.factor)
+        t1 = time.perf_counter()
+        p = self.classifier.predict(x[None])[0]
+        t2 = time.perf_counter()
+        self.timer.add("preprocess", t1 - t0)
+        self.timer.add("infer", t2 - t1)
+        self.note = "no white cell found: classified as given" if scale.no_cell else ""
+        k = int(np.argmax(p))
+        conf = float(p[k])
+        h, w = image.shape[:2]
+        return [Cell(CellBox(0, 0, w, h, 1.0, False), self.classes[k] if conf >= self.threshold else UNIDENTIFIED,
+                     conf, p, crop)]
 
 
 @dataclass
@@ -170,8 +195,8 @@ def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, 
             labels.append(cell.label)
             counted.append(cell)
         blurred_frames += int(is_blurred)
-        note = "blurred: not analysed" if is_blurred else "" if cells else "no white cell found"
-        recorder.commit_frame(frame.index, frame.name, focus=score, blurred=is_blurred, note=note)
+        recorder.commit_frame(frame.index, frame.name, focus=score, blurred=is_blurred,
+                              note="blurred: not analysed" if is_blurred else pipeline.note)
         timer.add("bookkeeping", time.perf_counter() - t2)
         timer.frames += 1
         if on_frame:

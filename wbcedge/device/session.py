@@ -47,6 +47,7 @@ class CountOptions:
     threshold: float | None = None   # confidence below which a cell is unidentified
     reference: Path | None = None    # reference ranges for the flags
     show: bool = False               # live OpenCV window
+    single_cell: bool = False        # every image is one white cell (crops from another source)
     serve: bool = False              # the review station with the live frame, in the browser
     host: str = "127.0.0.1"          # where --serve listens (0.0.0.0: the lab network, with a token)
     port: int = 8765
@@ -110,7 +111,7 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
     src_arg = str(SAMPLE_FRAMES) if opts.builtin_samples else opts.source
     out = Path(opts.out) if opts.out else default_session_dir()
     pipeline = CellPipeline(bundle, opts.backend, opts.precision, opts.threads, threshold=opts.threshold,
-                            um_per_px=profile.um_per_px if profile else None)
+                            um_per_px=profile.um_per_px if profile else None, single_cell=opts.single_cell)
     src = open_source(src_arg, opts.camera, profile, on_problem=on_warning)
     try:
         recorder = Recorder(out)
@@ -120,7 +121,7 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
     meta: dict[str, Any] = {
         "source": getattr(src, "label", src_arg), "builtin_samples": opts.builtin_samples,
         "bundle": str(bundle.path), "model_file": pipeline.model_entry["file"], "threshold": pipeline.threshold,
-        "profile": profile.to_dict() if profile else None, "count_target": opts.count,
+        "profile": profile.to_dict() if profile else None, "count_target": opts.count, "single_cell": opts.single_cell,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         # the bundle's measured accuracy on another microscope, for the demo and shift banners
         CHECK_KEY: bundle.manifest.get(CHECK_KEY)}
