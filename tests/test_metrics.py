@@ -200,8 +200,8 @@ def test_write_report_files(tmp_path, random_case):
     r = classification_results(y_true, y_prob, CLASSES)
     paths = write_report(tmp_path / "eval", r, y_true, y_prob, CLASSES, "test model",
                          history_csv=_history(tmp_path / "history.csv"))
-    assert set(paths) == {"json", "markdown", "confusion", "roc", "curves"}
-    for key in ("confusion", "roc", "curves"):
+    assert set(paths) == {"json", "markdown", "confusion", "roc", "reliability", "curves"}
+    for key in ("confusion", "roc", "reliability", "curves"):
         image = matplotlib.image.imread(paths[key])
         assert image is not None and image.shape[0] > 200 and image.shape[1] > 200
         assert image.std() > 0.01  # not a blank canvas
@@ -210,6 +210,7 @@ def test_write_report_files(tmp_path, random_case):
     assert "| Metric | B | E | L | M | N | Total |" in md
     assert "| Precision |" in md and "| Recall |" in md and "| F1-score |" in md
     assert "95% CI" in md and "confusion.png" in md
+    assert "reliability.png" in md and f"{100 * r['ece']:.2f}%" in md and 0 <= r["ece"] <= 1
     for row in r["confusion_matrix"]:
         assert " | ".join(str(v) for v in row) in md
 

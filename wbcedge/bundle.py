@@ -5,6 +5,8 @@
                       data hashes, package versions, and the sha256 of every other file
     labels.json       class names in output order (also in the ONNX file's metadata)
     preprocess.json   the preprocessing spec (wbcedge.preprocess)
+    reference.npz     the domain-shift check's reference statistics and thresholds
+                      (wbcedge.device.shift; absent in bundles made before it)
     report.json/.md   the export accuracy gate's report
     *.tflite, *.onnx  the model files
 
@@ -97,6 +99,17 @@ class Bundle:
     @property
     def threshold(self) -> float:
         return float(self.manifest.get("confidence_threshold", 0.0))
+
+    @property
+    def temperature(self) -> float:
+        """Temperature scaling fitted at export (1.0: probabilities as the model gives them)."""
+        return float((self.manifest.get("calibration") or {}).get("temperature", 1.0))
+
+    @property
+    def shift_reference_path(self) -> Path | None:
+        """The domain-shift reference statistics, or None for a bundle without them."""
+        name = (self.manifest.get("domain_shift") or {}).get("reference")
+        return self.path / name if name and (self.path / name).is_file() else None
 
     @property
     def deployable(self) -> bool:

@@ -13,6 +13,7 @@ with `--debug` or `WBCEDGE_DEBUG=1`, because a traceback is for a bug, never for
 | 4 | `BundleError` | a bundle that is missing, malformed, tampered or not deployable |
 | 5 | `MissingDependencyError` | a runtime or an extra that is not installed |
 | 6 | `OutputFolderError` | an output folder that cannot be written or is in use |
+| 7 | (not an error) | `wbcedge run --strict`: the session finished, but the domain-shift alarm fired |
 """
 
 from __future__ import annotations
@@ -83,4 +84,7 @@ EXIT_CODES = {
     4: "bad bundle",
     5: "missing runtime or extra",
     6: "output folder problem",
+    7: "run --strict: domain-shift alarm (cells unlike the training data)",
 }
+
+DOMAIN_SHIFT_EXIT = 7

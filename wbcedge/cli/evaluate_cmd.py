@@ -64,11 +64,27 @@ def evaluate_cmd(
     # A run folder keeps its reports; a bundle must stay exactly as exported (it is hashed).
     folder = out or (model / f"eval-{split}" if (model / "model.keras").is_file()
                      else Path("runs") / f"eval-{model.name}-{split}")
+    calibrated = _bundle_calibrated(model, probs)
     paths = metrics.write_report(folder, results, y_true, probs, predictor.classes,
                                  title=f"{model.name} ({predictor.name}) on {data.name}, {split} split",
-                                 history_csv=history if history.is_file() else None)
+                                 history_csv=history if history.is_file() else None, calibrated=calibrated)
+    ece = f"expected calibration error {100 * results['ece']:.2f}%"
+    if calibrated is not None:
+        ece += f", {100 * results['ece_calibrated']:.2f}% with the bundle's temperature"
+    console.print(ece + f" (reliability diagram: {paths['reliability']})", markup=False, highlight=False)
     console.print(f"report: {paths['markdown']}  (JSON, confusion, ROC" + (", curves" if "curves" in paths else "") + " beside it)")
     write_json(json_path, results)
+
+
+def _bundle_calibrated(model: Path, probs):
+    """The probabilities after a bundle's temperature (what the device uses); None for a run folder or T = 1."""
+    from wbcedge.bundle import load_bundle
+    from wbcedge.device.confidence import apply_temperature
+
+    if (model / "model.keras").is_file():
+        return None
+    temperature = load_bundle(model).temperature
+    return None if temperature == 1.0 else apply_temperature(probs, temperature)
 
 
 def _evaluate_frames(frames: Path, model: Path | None, json_path: Path | None) -> None:

@@ -40,6 +40,8 @@ def run_cmd(
     single_cell: bool = typer.Option(False, "--single-cell", help="Every image is one white cell (crops from another "
                                      "source): it is re-cut so the cell has the trained scale; an image where no "
                                      "cell is found is classified as given, and its record says so."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 7 when the domain-shift alarm fires "
+                                "(the cells look unlike the model's training data)."),
     json_path: Path = JSON_OPTION,
 ) -> None:
     """Locate, classify and count white cells; write the session folder and print the differential."""
@@ -49,13 +51,14 @@ def run_cmd(
     from wbcedge.device.banner import banners
     from wbcedge.device.report import format_differential
     from wbcedge.device.session import CountOptions, count_cells
+    from wbcedge.errors import DOMAIN_SHIFT_EXIT
 
     opts = CountOptions(source=source, camera=camera, bundle=bundle, profile=profile, count=count, out=out,
                         backend=backend, precision=precision, threads=threads, threshold=threshold,
                         reference=reference, show=show, serve=serve, host=host, port=port, single_cell=single_cell)
     result = count_cells(opts, on_message=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
                          on_warning=lambda m: err_console.print(f"warning: {m}", markup=False, highlight=False))
-    notices = banners(result.meta, result.differential)
+    notices = banners({**result.meta, "domain_shift": result.domain_shift}, result.differential)
     for notice in notices:
         console.print(Panel(Text(notice), style="bold yellow", expand=False))
     console.print(format_differential(result.differential))
@@ -67,7 +70,12 @@ def run_cmd(
         console.print(notice.split(":")[0] + ": see the notice above.", style="bold yellow", markup=False,
                       highlight=False)
     write_json(json_path, {"session_dir": str(result.session_dir), "run_dir": str(result.session_dir),
-                           "differential": result.differential, "meta": result.meta})
+                           "differential": result.differential, "meta": result.meta,
+                           "domain_shift": result.domain_shift})
+    shift = result.domain_shift or {}
+    if shift.get("alarm") is False and shift.get("judged"):
+        console.print(f"domain-shift check: no alarm (score {shift['score']:.2f}, threshold {shift['threshold']:.2f}, "
+                      f"{shift['cells']} cells)", markup=False, highlight=False)
     if result.server is not None:
         console.print(f"counting ended; the review station stays open at {result.server.url} for review "
                       f"(Ctrl-C to stop)", markup=False, highlight=False, soft_wrap=True)
@@ -76,3 +84,5 @@ def run_cmd(
         err_console.print(f"error: {result.error}\nAll {len(result.labels)} cells recorded so far are kept in "
                           f"{result.session_dir}.", markup=False, highlight=False)
         raise typer.Exit(3)
+    if strict and result.shift_alarm:
+        raise typer.Exit(DOMAIN_SHIFT_EXIT)

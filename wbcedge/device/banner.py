@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from wbcedge.device.shift import alarm_message
+
 CHECK_KEY = "other_microscope_check"
 
 
@@ -32,12 +34,17 @@ def other_microscope_sentence(check: Mapping[str, Any] | None) -> str:
             f"{100 * check['cell_accuracy']:.1f}% correctly ({interval}{where})")
 
 
-def shift_alarm(meta: Mapping[str, Any], differential: Mapping[str, Any] | None = None) -> bool:
+def shift_state(meta: Mapping[str, Any], differential: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
+    """The session's "domain_shift" state when its alarm fired, else None."""
     for source in (meta, differential or {}):
         shift = source.get("domain_shift") if isinstance(source, Mapping) else None
         if isinstance(shift, Mapping) and shift.get("alarm"):
-            return True
-    return False
+            return shift
+    return None
+
+
+def shift_alarm(meta: Mapping[str, Any], differential: Mapping[str, Any] | None = None) -> bool:
+    return shift_state(meta, differential) is not None
 
 
 def banners(meta: Mapping[str, Any], differential: Mapping[str, Any] | None = None) -> list[str]:
@@ -49,8 +56,10 @@ def banners(meta: Mapping[str, Any], differential: Mapping[str, Any] | None = No
         out.append(f"DEMONSTRATION, not a result: these are the built-in sample frames, from another microscope "
                    f"than the model's training data ({trained_on}). {_first_upper(other_microscope_sentence(check))}. "
                    f"Count your own slides with --source or --camera, and check the model on your microscope first.")
-    if shift_alarm(meta, differential):
-        out.append(f"DOMAIN SHIFT: these images look unlike the model's training data ({trained_on}); "
+    shift = shift_state(meta, differential)
+    if shift is not None:
+        out.append(alarm_message(shift) if shift.get("score") is not None else
+                   f"DOMAIN SHIFT: these images look unlike the model's training data ({trained_on}); "
                    f"{other_microscope_sentence(check)}. Check the model with labelled cells from this "
                    f"microscope before trusting this differential.")
     return out

@@ -4,8 +4,10 @@
                 -> Classifier.predict (one batch per frame) -> tracker -> Recorder
 
 No TensorFlow. Every stage is timed, so `wbcedge bench` and the run summary can
-show which one is the slowest. Cells below the bundle's confidence threshold are
-recorded as "unidentified": kept for review, never forced into a class.
+show which one is the slowest. Probabilities are temperature-scaled with the bundle's
+calibration. Cells below the bundle's confidence threshold, or whose features lie
+beyond the domain-shift check's per-cell limit (wbcedge.device.shift), are recorded
+as "unidentified": kept for review, never forced into a class.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import numpy as np
 
 from wbcedge.bundle import Bundle
 from wbcedge.device.capture import CameraLostError, FrameSource, focus_score
+from wbcedge.device.confidence import apply_temperature
 from wbcedge.device.locate import CellBox, LocatorConfig, estimate_um_per_px, locate_cells
 from wbcedge.device.runtime import Classifier
 from wbcedge.device.recrop import rescale_crop, single_cell_input
+from wbcedge.device.shift import ShiftMonitor, ShiftReference
 from wbcedge.preprocess import crop_around_cell, to_model_input
 
 UNIDENTIFIED = "unidentified"
@@ -35,6 +39,7 @@ class Cell:
     confidence: float
     probs: np.ndarray
     crop: np.ndarray  # BGR crop as the model saw it (before resizing)
+    ood: float | None = None  # domain-shift score (None: the shift check is off)
 
 
 @dataclass
@@ -76,10 +81,25 @@ class CellPipeline:
         # red cells of no frame so far could be measured (each frame is then sized on its own).
         self.scale_source = "profile" if um_per_px is not None else None
         self.threshold = bundle.threshold if threshold is None else threshold
+        self.temperature = bundle.temperature
+        ref_path = bundle.shift_reference_path
+        self.shift_reference = (ShiftReference.load(ref_path, self.model_entry["file"])
+                                if ref_path is not None and self.classifier.has_features else None)
         self.timer = StageTimer()
         # Every image is one white cell (crops from another source): see `_analyse_single_cell`.
         self.single_cell = single_cell
         self.note = ""          # what the last analysed image's record should say, if anything
+
+    def new_monitor(self) -> ShiftMonitor | None:
+        """A session's running shift score, or None when the shift check is off for this bundle/file."""
+        return ShiftMonitor(self.shift_reference) if self.shift_reference is not None else None
+
+    def classify(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities and OOD scores (None when the check is off) of a batch of model inputs."""
+        probs, features = self.classifier.predict_with_features(inputs)
+        probs = apply_temperature(probs, self.temperature)
+        scores = self.shift_reference.cell_scores(features, inputs) if self.shift_reference is not None else None
+        return probs, scores
 
     def analyse(self, image: np.ndarray) -> list[Cell]:
         if self.single_cell:
@@ -95,17 +115,20 @@ class CellPipeline:
         crops = [crop_around_cell(image, b.box, self.spec, self.um_per_px) for b in boxes]
         inputs = np.stack([to_model_input(c, self.spec) for c in crops]) if crops else None
         t2 = time.perf_counter()
-        probs = self.classifier.predict(inputs) if inputs is not None else np.zeros((0, len(self.classes)))
+        probs, scores = self.classify(inputs) if inputs is not None else (np.zeros((0, len(self.classes))), None)
         t3 = time.perf_counter()
         self.timer.add("locate", t1 - t0)
         self.timer.add("preprocess", t2 - t1)
         self.timer.add("infer", t3 - t2)
         cells = []
-        for box, crop, p in zip(boxes, crops, probs):
+        cell_limit = self.shift_reference.cell_threshold if self.shift_reference is not None else None
+        for i, (box, crop, p) in enumerate(zip(boxes, crops, probs)):
             k = int(np.argmax(p))
             conf = float(p[k])
-            label = self.classes[k] if conf >= self.threshold else UNIDENTIFIED
-            cells.append(Cell(box, label, conf, p, crop))
+            ood = None if scores is None else float(scores[i])
+            unlike_training = ood is not None and ood > cell_limit
+            label = self.classes[k] if conf >= self.threshold and not unlike_training else UNIDENTIFIED
+            cells.append(Cell(box, label, conf, p, crop, ood))
         self.note = "" if cells else "no white cell found"
         return cells
 
@@ -116,16 +139,19 @@ class CellPipeline:
         x, scale = single_cell_input(image, self.spec)
         crop = rescale_crop(image, scale.factor)
         t1 = time.perf_counter()
-        p = self.classifier.predict(x[None])[0]
+        probs, scores = self.classify(x[None])
+        p = probs[0]
         t2 = time.perf_counter()
         self.timer.add("preprocess", t1 - t0)
         self.timer.add("infer", t2 - t1)
         self.note = "no white cell found: classified as given" if scale.no_cell else ""
         k = int(np.argmax(p))
         conf = float(p[k])
+        ood = None if scores is None else float(scores[0])
+        unlike_training = ood is not None and ood > self.shift_reference.cell_threshold
         h, w = image.shape[:2]
-        return [Cell(CellBox(0, 0, w, h, 1.0, False), self.classes[k] if conf >= self.threshold else UNIDENTIFIED,
-                     conf, p, crop)]
+        label = self.classes[k] if conf >= self.threshold and not unlike_training else UNIDENTIFIED
+        return [Cell(CellBox(0, 0, w, h, 1.0, False), label, conf, p, crop, ood)]
 
 
 @dataclass
@@ -136,6 +162,7 @@ class SessionResult:
     stop_reason: str
     timing: dict
     error: str | None = None
+    domain_shift: dict | None = None   # ShiftMonitor.state() at the end; None when the check is off
 
 
 class StopFlag:
@@ -156,8 +183,12 @@ class StopFlag:
 
 def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, *, count_target: int | None = None,
                 blur_threshold: float | None = None, count_edge_cells: bool | None = None,
-                stop: StopFlag | None = None, on_frame: Callable[[object, list, list], None] | None = None) -> SessionResult:
-    """Capture until the source ends, the count is reached, or a stop; every counted cell is recorded as it goes."""
+                stop: StopFlag | None = None, on_frame: Callable[[object, list, list], None] | None = None,
+                shift_monitor: ShiftMonitor | None = None) -> SessionResult:
+    """Capture until the source ends, the count is reached, or a stop; every counted cell is recorded as it goes.
+
+    `shift_monitor` (from `pipeline.new_monitor()`) gets the OOD score of every counted cell.
+    """
     stop = StopFlag() if stop is None else stop
     timer = pipeline.timer
     labels: list[str] = []
@@ -191,7 +222,10 @@ def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, 
         for cell, status in zip(cells, statuses):
             if str(status) != "new" or (cell.box.touches_edge and not edge_ok):
                 continue
-            recorder.add_cell(frame.index, frame.name, cell.box.box, cell.label, cell.confidence, cell.crop)
+            recorder.add_cell(frame.index, frame.name, cell.box.box, cell.label, cell.confidence, cell.crop,
+                              ood_score=cell.ood)
+            if shift_monitor is not None and cell.ood is not None:
+                shift_monitor.add(cell.ood)
             labels.append(cell.label)
             counted.append(cell)
         blurred_frames += int(is_blurred)
@@ -207,4 +241,5 @@ def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, 
             break
     if stop:
         reason = stop.reason
-    return SessionResult(labels, seen, blurred_frames, reason, timer.summary(time.perf_counter() - t_start), error)
+    return SessionResult(labels, seen, blurred_frames, reason, timer.summary(time.perf_counter() - t_start), error,
+                         shift_monitor.state() if shift_monitor is not None else None)

@@ -38,7 +38,7 @@ from wbcedge.errors import InputFileMissingError, OutputFolderError
 
 DB_FILE = "cells.db"
 CROPS_DIR = "crops"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cells.ood_score (the domain-shift score); version-1 databases still read
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -60,9 +60,10 @@ CREATE TABLE IF NOT EXISTS cells (
     frame_name   TEXT NOT NULL,
     x0 INTEGER NOT NULL, y0 INTEGER NOT NULL, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL,
     label        TEXT NOT NULL,
-    confidence   REAL NOT NULL,
+    confidence   REAL NOT NULL,          -- temperature-calibrated top-1 probability
     crop_path    TEXT,                  -- relative to the run folder, e.g. crops/000012_00_neutrophil.jpg
-    time         REAL NOT NULL
+    time         REAL NOT NULL,
+    ood_score    REAL                   -- domain-shift score (wbcedge.device.shift); NULL: check off
 );
 CREATE INDEX IF NOT EXISTS cells_label ON cells(label);
 """
@@ -85,6 +86,7 @@ class CellRow:
     confidence: float
     crop_path: str | None
     time: float
+    ood_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,8 @@ class Recorder:
         self._execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def add_cell(self, frame_index: int, frame_name: str, box: tuple[int, int, int, int], label: str,
-                 confidence: float, crop_bgr: np.ndarray | None = None, time_s: float | None = None) -> int:
+                 confidence: float, crop_bgr: np.ndarray | None = None, time_s: float | None = None,
+                 ood_score: float | None = None) -> int:
         """Record one counted cell of the current frame (committed by `commit_frame`). Returns its row id.
 
         box is (x0, y0, x1, y1) in frame pixels; crop_bgr (BGR uint8) is saved as a JPEG under crops/.
@@ -201,10 +204,10 @@ class Recorder:
             crop_rel = f"{CROPS_DIR}/{name}"
         x0, y0, x1, y1 = (int(v) for v in box)
         cur = self._execute(
-            "INSERT INTO cells(frame_index, frame_name, x0, y0, x1, y1, label, confidence, crop_path, time) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO cells(frame_index, frame_name, x0, y0, x1, y1, label, confidence, crop_path, time, ood_score) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (int(frame_index), frame_name, x0, y0, x1, y1, label, float(confidence), crop_rel,
-             time.time() if time_s is None else float(time_s)))
+             time.time() if time_s is None else float(time_s), None if ood_score is None else float(ood_score)))
         self._frame_cells += 1
         return int(cur.lastrowid)
 
@@ -347,8 +350,9 @@ def read_meta(run_dir: Path | str) -> dict[str, Any]:
 
 
 def _cells(db: sqlite3.Connection) -> list[CellRow]:
-    rows = db.execute("SELECT id, frame_index, frame_name, x0, y0, x1, y1, label, confidence, crop_path, time "
-                      "FROM cells ORDER BY id").fetchall()
+    has_ood = any(r[1] == "ood_score" for r in db.execute("PRAGMA table_info(cells)"))  # schema 1 has none
+    rows = db.execute("SELECT id, frame_index, frame_name, x0, y0, x1, y1, label, confidence, crop_path, time"
+                      + (", ood_score" if has_ood else "") + " FROM cells ORDER BY id").fetchall()
     return [CellRow(*r) for r in rows]
 
 

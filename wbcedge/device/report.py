@@ -2,7 +2,8 @@
 
 `write_outputs(run_dir, differential, meta)` writes, into a run folder made by
 `record.Recorder`:
-    differential.json   {"meta": ..., "differential": ...} (count.differential's dict)
+    differential.json   {"meta": ..., "differential": ..., "domain_shift": {"score", "threshold",
+                        "alarm", "cells", ...}} (count.differential's dict; wbcedge.device.shift)
     differential.csv    one row per cell type, then the unidentified and total rows
     report.html         one page with no outside resources: the differential table with
                         intervals and flags, the run facts, and a gallery of the cell crops
@@ -29,6 +30,7 @@ from rich.table import Table
 
 from wbcedge.device.banner import banners
 from wbcedge.device.records import DB_FILE, CellRow, OutputError, read_cells
+from wbcedge.device.shift import alarm_message
 from wbcedge.jsonable import to_jsonable
 
 JSON_FILE = "differential.json"
@@ -42,7 +44,8 @@ REVIEW_CSV_FIELDS = ("model_count", "model_percent", "agreed", "model_recall_per
 def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
                   max_per_class: int = 200, review: Mapping[str, Any] | None = None,
                   reviewed_labels: Mapping[int, str] | None = None,
-                  extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
+                  extra: Mapping[str, Any] | None = None,
+                  domain_shift: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write differential.json, differential.csv and report.html into run_dir; returns their paths.
 
     The gallery shows at most `max_per_class` crops per type (the least confident ones).
@@ -65,9 +68,14 @@ def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Ma
     doc = {**dict(extra or {}), "meta": meta, "differential": differential}
     if review is not None:
         doc["review"] = review
+    if domain_shift is not None:
+        doc["domain_shift"] = dict(domain_shift)
+        if domain_shift.get("alarm"):
+            doc["domain_shift"]["message"] = alarm_message(domain_shift)
     texts = {"json": json.dumps(doc, indent=2, default=to_jsonable) + "\n",
              "csv": differential_csv(differential, review),
-             "html": render_html(run_dir, differential, meta, cells, max_per_class, review, model_labels)}
+             "html": render_html(run_dir, differential, meta, cells, max_per_class, review, model_labels,
+                                 domain_shift)}
     for key, path in paths.items():
         try:
             _write_atomic(path, texts[key])
@@ -171,15 +179,16 @@ figure img{width:128px;height:128px;object-fit:contain;background:#eee;border:1p
 
 def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any], cells: list[CellRow],
                 max_per_class: int = 200, review: Mapping[str, Any] | None = None,
-                model_labels: Mapping[int, str] | None = None) -> str:
+                model_labels: Mapping[int, str] | None = None, domain_shift: Mapping[str, Any] | None = None) -> str:
     e = html.escape
     level = diff.get("level", 0.95)
     parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
              "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
              "<title>White cell differential</title>", f"<style>{_CSS}</style></head><body>",
              "<h1>White cell differential</h1>"]
-    for notice in banners(meta, diff):
+    for notice in banners({**meta, "domain_shift": domain_shift} if domain_shift else meta, diff):
         parts.append(f"<p class=\"banner\" role=\"alert\">{e(notice)}</p>")
+    parts.append(_shift_html(domain_shift))
     if review:
         s = review["signoff"]
         parts.append(f"<p class=\"note\">Reviewed and signed off by <b>{e(s['reviewer'])}</b> at "
@@ -234,6 +243,8 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
             was = (model_labels or {}).get(c.id)
             if was and was != c.label:
                 caption += f" · model: {was}"
+            if c.ood_score is not None:
+                caption += f" · shift {c.ood_score:.2f}"
             if c.crop_path and (run_dir / c.crop_path).is_file():
                 img = (f"<img src=\"{e(c.crop_path, quote=True)}\" loading=\"lazy\" "
                        f"alt=\"{e(label)} {c.confidence:.2f}\">")
@@ -291,6 +302,22 @@ def _plain(value: Any) -> str:
     if isinstance(value, (str, int)):
         return str(value)
     return json.dumps(value, default=to_jsonable)
+
+
+def _shift_html(state: Mapping[str, Any] | None) -> str:
+    """The domain-shift line under the banners when no alarm fired: off, too few cells, or no alarm."""
+    e = html.escape
+    if state is None:
+        return ""
+    if state.get("alarm"):
+        return ""  # the banner at the top says it (wbcedge.device.banner)
+    if state.get("alarm") is None:
+        return f"<p class=\"note\" id=\"domain-shift\">{e(state.get('note', 'The domain-shift check is off.'))}</p>"
+    if not state.get("judged", True):
+        return (f"<p class=\"muted\" id=\"domain-shift\">Domain-shift check: {state['cells']} cells, too few to judge "
+                f"(at least {state.get('min_cells')}).</p>")
+    return (f"<p class=\"muted\" id=\"domain-shift\">Domain-shift check: no alarm (score {state['score']:.2f}, "
+            f"threshold {state['threshold']:.2f}, {state['cells']} cells): the cells look like the training data.</p>")
 
 
 def _pct(value: float | None) -> str:

@@ -3,6 +3,9 @@
 No TensorFlow here. The classifier takes a batch of uint8 model inputs (made by
 wbcedge.preprocess from the bundle's spec) and returns class probabilities as
 float32, dequantising int8/uint8 outputs with the scales stored in the file.
+Files exported with a second output (the penultimate features, for the domain-shift
+check) give them too through `predict_with_features`; of two outputs, the narrower one
+is the probabilities (export keeps the feature width above the number of classes).
 """
 
 from __future__ import annotations
@@ -75,12 +78,13 @@ class Classifier:
         self._interps = {}  # batch size -> interpreter: resizing one costs ~13% of a call
         interp = self._interpreter(1)
         inp = interp.get_input_details()[0]
-        out = interp.get_output_details()[0]
-        self._in_index, self._out_index = inp["index"], out["index"]
+        outs = _probs_first(interp.get_output_details(), lambda o: int(o["shape"][-1]))
+        self._in_index = inp["index"]
+        self._outputs = [(o["index"], o["quantization"]) for o in outs]
         self.input_dtype = np.dtype(inp["dtype"])
         self._in_quant = inp["quantization"]
-        self._out_quant = out["quantization"]
         self.input_size = int(inp["shape"][1])
+        self.has_features = len(outs) > 1
 
     def _interpreter(self, batch: int):
         if batch not in self._interps:
@@ -99,15 +103,17 @@ class Classifier:
         """The ops of the batch-1 interpreter ('DELEGATE' where XNNPACK took over); a private LiteRT API."""
         return [op["op_name"] for op in self._interpreter(1)._get_ops_details()]
 
-    def _run_tflite(self, batch: np.ndarray) -> np.ndarray:
+    def _run_tflite(self, batch: np.ndarray) -> list[np.ndarray]:
         interp = self._interpreter(batch.shape[0])
         interp.set_tensor(self._in_index, self._quantize_input(batch))
         interp.invoke()
-        out = interp.get_tensor(self._out_index)
-        scale, zero = self._out_quant
-        if out.dtype != np.float32:
-            out = (out.astype(np.float32) - zero) * scale
-        return out
+        results = []
+        for index, (scale, zero) in self._outputs:
+            out = interp.get_tensor(index)
+            if out.dtype != np.float32:
+                out = (out.astype(np.float32) - zero) * scale
+            results.append(out)
+        return results
 
     def _quantize_input(self, batch: np.ndarray) -> np.ndarray:
         if self.input_dtype == np.uint8:
@@ -136,23 +142,47 @@ class Classifier:
         self._in_name = inp.name
         self.input_dtype = np.dtype(np.uint8 if inp.type == "tensor(uint8)" else np.float32)
         self.input_size = int(inp.shape[1])
+        self._out_names = [o.name for o in _probs_first(self._session.get_outputs(), lambda o: o.shape[-1])]
+        self.has_features = len(self._out_names) > 1
 
-    def _run_onnx(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._in_name: batch.astype(self.input_dtype, copy=False)})[0]
+    def _run_onnx(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(self._out_names, {self._in_name: batch.astype(self.input_dtype, copy=False)})
 
     # ---- both
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, 3) model inputs -> float32 (N, classes) probabilities."""
+        return self.predict_with_features(batch)[0]
+
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and, for a file with the feature output, the (N, D) penultimate features (else None)."""
         if batch.ndim == 3:
             batch = batch[None]
         if batch.shape[0] == 0:
-            return np.zeros((0, 0), np.float32)
+            return np.zeros((0, 0), np.float32), (np.zeros((0, 0), np.float32) if self.has_features else None)
         if batch.shape[1] != self.input_size:
             raise ValueError(f"{self.path.name} takes {self.input_size}px inputs, got {batch.shape[1]}px: "
                              "preprocess with the bundle's own spec")
-        out = self._run_tflite(batch) if self.backend == "tflite" else self._run_onnx(batch)
-        return np.asarray(out, dtype=np.float32)
+        outs = self._run_tflite(batch) if self.backend == "tflite" else self._run_onnx(batch)
+        probs = np.asarray(outs[0], dtype=np.float32)
+        features = np.asarray(outs[1], dtype=np.float32).reshape(len(probs), -1) if self.has_features else None
+        return probs, features
 
     def predict_many(self, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
         parts = [self.predict(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def predict_many_with_features(self, inputs: np.ndarray, batch_size: int = 64):
+        """(probs, features or None) over many inputs, in batches."""
+        parts = [self.predict_with_features(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+        if not parts:
+            return np.zeros((0, 0), np.float32), None
+        probs = np.concatenate([p for p, _ in parts])
+        return probs, (np.concatenate([f for _, f in parts]) if self.has_features else None)
+
+
+def _probs_first(outputs: list, width) -> list:
+    """A file's outputs with the probabilities first: of two, the narrower is the probabilities."""
+    if len(outputs) > 2:
+        raise ValueError(f"a model file with {len(outputs)} outputs: wbcedge files have probabilities "
+                         "and at most one feature output; re-export the bundle")
+    return sorted(outputs, key=lambda o: int(width(o) or 0)) if len(outputs) == 2 else list(outputs)

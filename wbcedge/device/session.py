@@ -9,6 +9,8 @@ bundle, profile, source and output folder before the first frame is captured, ru
 the capture loop, and writes the session folder (SQLite records, crops,
 `differential.json`/`.csv`, `report.html`). A lost camera or a full disk ends the
 session with every cell recorded so far kept and reported (`result.error`).
+`result.domain_shift` says whether the cells looked like the model's training data
+(wbcedge.device.shift); `result.shift_alarm` is True when they did not.
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ class CountResult:
     stop_reason: str = ""
     error: str | None = None   # a lost camera or a failed disk; the session folder keeps what was recorded
     server: Any = None         # with serve: the review station, still serving (call .wait() or .stop())
+    domain_shift: dict | None = None   # differential.json's "domain_shift"
+
+    @property
+    def shift_alarm(self) -> bool:
+        return bool(self.domain_shift and self.domain_shift.get("alarm"))
 
 
 def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambda m: None,
@@ -96,6 +103,7 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
     from wbcedge.device.pipeline import CellPipeline, StopFlag, run_session
     from wbcedge.device.records import OutputError, Recorder, read_cells
     from wbcedge.device.report import write_outputs
+    from wbcedge.device.shift import SHIFT_OFF
     from wbcedge.device.track import CellTracker
 
     bundle = load_bundle(opts.bundle)
@@ -128,6 +136,9 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
     for k, v in meta.items():
         recorder.set_meta(k, v)
     on_message(f"counting white cells from {meta['source']} with {bundle.path.name}/{pipeline.model_entry['file']} -> {out}")
+    monitor = pipeline.new_monitor()
+    if monitor is None:
+        on_warning(SHIFT_OFF)
 
     live = server = None
     if opts.serve:
@@ -144,14 +155,15 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
     window = None
     if opts.show:
         from wbcedge.device.display import LiveWindow
-        window = LiveWindow(bundle.classes)
+        window = LiveWindow(bundle.classes, shift_monitor=monitor)
     hooks = [h for h in (window.update if window else None, live.update if live else None) if h]
     result, error = None, None
     try:
         with src:
             result = run_session(src, pipeline, recorder, CellTracker(tracking=src.is_stream), count_target=opts.count,
                                  blur_threshold=profile.focus_threshold if profile else None, stop=stop,
-                                 on_frame=(lambda *a: [h(*a) for h in hooks]) if hooks else None)
+                                 on_frame=(lambda *a: [h(*a) for h in hooks]) if hooks else None,
+                                 shift_monitor=monitor)
     except OutputError as exc:
         error = str(exc)
     finally:
@@ -171,10 +183,15 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
                 "white cells, so each frame was sized on its own (give a camera profile with um_per_px)",
                 frames=result.frames_seen if result else None,
                 blurred_frames=result.frames_blurred if result else None, timing=result.timing if result else None)
+    domain_shift = (monitor.state() if monitor is not None
+                    else {"score": None, "threshold": None, "alarm": None, "cells": len(labels), "note": SHIFT_OFF})
+    meta.update(temperature=pipeline.temperature)
     recorder.set_meta("stop_reason", stop_reason)
+    recorder.set_meta("domain_shift", domain_shift)
     recorder.close(finished=error is None)
-    paths = write_outputs(out, diff, meta)
+    paths = write_outputs(out, diff, meta, domain_shift=domain_shift)
     return CountResult(session_dir=out, differential=diff, meta=meta, labels=labels, paths=paths,
                        frames_seen=result.frames_seen if result else None,
                        frames_blurred=result.frames_blurred if result else None,
-                       timing=result.timing if result else None, stop_reason=stop_reason, error=error, server=server)
+                       timing=result.timing if result else None, stop_reason=stop_reason, error=error, server=server,
+                       domain_shift=domain_shift)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 LEVEL = 0.95
 ALPHA = 0.05  # significance level for McNemar's verdict
 NO_DIFFERENCE = f"no significant difference at {ALPHA:g}"
-REPORT_FILES = ("results.json", "report.md", "confusion.png", "roc.png", "curves.png")
+REPORT_FILES = ("results.json", "report.md", "confusion.png", "roc.png", "reliability.png", "curves.png")
 
 
 _REPORT_EXTRA = {"sklearn", "scipy", "matplotlib"}
@@ -281,6 +281,11 @@ def markdown_summary(results: dict, title: str, figures: Sequence[str] = ()) -> 
     for s, row in zip(short, results["confusion_matrix"]):
         lines.append(f"| **{s}** | " + " | ".join(str(v) for v in row) + f" | {sum(row)} |")
     lines.append("")
+    if "ece" in results:
+        text = f"Expected calibration error (15 bins): {100 * results['ece']:.2f}% as output"
+        if "ece_calibrated" in results:
+            text += f", {100 * results['ece_calibrated']:.2f}% after the bundle's temperature"
+        lines += ["## Calibration", "", text + " (reliability.png).", ""]
     for name in figures:
         lines += [f"![{Path(name).stem}]({name})", ""]
     return "\n".join(lines)
@@ -334,6 +339,28 @@ def format_table(results: dict, title: str | None = None) -> Table:
     table.add_row("[bold]accuracy[/]", "", f"[bold]{results['accuracy']:.3f}[/]", _ci([lo, hi]), "",
                   str(results["n"]))
     return table
+
+
+def reliability_bins(y_true: Sequence[int], y_prob: np.ndarray, bins: int = 15) -> list[dict]:
+    """Top-1 confidence in equal-width bins: per non-empty bin its count, mean confidence and accuracy."""
+    p = np.asarray(y_prob, dtype=float)
+    y = np.asarray(y_true, dtype=int)
+    conf, correct = p.max(axis=1), p.argmax(axis=1) == y
+    index = np.minimum((conf * bins).astype(int), bins - 1)
+    out = []
+    for b in range(bins):
+        m = index == b
+        if m.any():
+            out.append({"low": b / bins, "high": (b + 1) / bins, "count": int(m.sum()),
+                        "confidence": float(conf[m].mean()), "accuracy": float(correct[m].mean())})
+    return out
+
+
+def expected_calibration_error(y_true: Sequence[int], y_prob: np.ndarray, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): the count-weighted mean |accuracy - confidence| over confidence bins."""
+    rows = reliability_bins(y_true, y_prob, bins)
+    n = sum(r["count"] for r in rows)
+    return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / n) if n else 0.0
 
 
 # --------------------------------------------------------------------------- figures
@@ -396,6 +423,28 @@ def plot_roc(path: Path, y_true: Sequence[int], y_prob: np.ndarray, classes: Seq
     return path
 
 
+@_needs_report_extra
+def plot_reliability(path: Path, y_true: Sequence[int], curves: dict[str, np.ndarray], title: str,
+                     bins: int = 15) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, one line per set of probabilities, ECE in the legend."""
+    fig = _figure(5.0, 4.6)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect calibration")
+    for name, probs in curves.items():
+        rows = reliability_bins(y_true, probs, bins)
+        ece = expected_calibration_error(y_true, probs, bins)
+        ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker="o", ms=3,
+                label=f"{name} (ECE {100 * ece:.2f}%)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("top-1 confidence (bin mean)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title(f"{title}: reliability ({bins} bins)", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.savefig(path)
+    return path
+
+
 def read_history(history_csv: Path) -> dict[str, list[float]]:
     """Columns of a Keras CSVLogger file as float lists (empty cells become NaN)."""
     history_csv = Path(history_csv)
@@ -450,10 +499,13 @@ def plot_curves(path: Path, history_csv: Path, title: str) -> Path:
 
 @_needs_report_extra
 def write_report(folder: Path, results: dict, y_true: Sequence[int], y_prob: np.ndarray,
-                 classes: Sequence[str], title: str, history_csv: Path | None = None) -> dict[str, Path]:
-    """Write results.json, report.md, confusion.png, roc.png and (with a history) curves.png.
+                 classes: Sequence[str], title: str, history_csv: Path | None = None,
+                 calibrated: np.ndarray | None = None) -> dict[str, Path]:
+    """Write results.json, report.md, confusion.png, roc.png, reliability.png and (with a history) curves.png.
 
-    Returns {"json", "markdown", "confusion", "roc"[, "curves"]} -> path written.
+    `calibrated`: the same predictions after the bundle's temperature, drawn beside the raw ones.
+    Adds "ece" (and "ece_calibrated") to `results`.
+    Returns {"json", "markdown", "confusion", "roc", "reliability"[, "curves"]} -> path written.
     """
     if list(results.get("classes", [])) != list(classes):
         raise ValueError(f"results are for classes {results.get('classes')}, not {list(classes)}; "
@@ -463,11 +515,16 @@ def write_report(folder: Path, results: dict, y_true: Sequence[int], y_prob: np.
     paths: dict[str, Path] = {}
     paths["confusion"] = plot_confusion(folder / "confusion.png", results, title)
     paths["roc"] = plot_roc(folder / "roc.png", y_true, y_prob, classes, title)
+    curves = {"as output": y_prob} if calibrated is None else {"raw": y_prob, "temperature-scaled": calibrated}
+    results["ece"] = expected_calibration_error(y_true, y_prob)
+    if calibrated is not None:
+        results["ece_calibrated"] = expected_calibration_error(y_true, calibrated)
+    paths["reliability"] = plot_reliability(folder / "reliability.png", y_true, curves, title)
     if history_csv is not None:
         paths["curves"] = plot_curves(folder / "curves.png", Path(history_csv), title)
     paths["json"] = folder / "results.json"
     paths["json"].write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    figures = [p.name for key, p in paths.items() if key in ("confusion", "roc", "curves")]
+    figures = [p.name for key, p in paths.items() if key in ("confusion", "roc", "reliability", "curves")]
     paths["markdown"] = folder / "report.md"
     paths["markdown"].write_text(markdown_summary(results, title, figures))
     return paths

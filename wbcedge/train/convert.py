@@ -24,6 +24,24 @@ ONNX_OPSET = 17
 ACTIVATION_TYPES = ("uint8", "int8")
 
 
+def with_feature_output(model):
+    """The model with a second output, the penultimate features (the input of its last Dense layer).
+
+    Returns (model, feature width); (model, None) when the last layer is not a Dense layer or the
+    features are not wider than the classes (the device tells the outputs apart by width).
+    """
+    import keras
+
+    last = model.layers[-1]
+    if not isinstance(last, keras.layers.Dense) or len(model.outputs) != 1:
+        return model, None
+    features = last.input
+    width = int(features.shape[-1])
+    if width <= int(model.outputs[0].shape[-1]):
+        return model, None
+    return keras.Model(model.inputs, [model.outputs[0], features], name=f"{model.name}_with_features"), width
+
+
 def to_tflite(model, out: Path, precision: str = "fp32", calibration: np.ndarray | None = None) -> Path:
     """Write a .tflite file: precision fp32, fp16 (weights) or int8 (full integer, uint8 in/out)."""
     import tensorflow as tf

@@ -24,6 +24,9 @@ from wbcedge.evaluation.metrics import classification_results
 from wbcedge.labels import CLASSES
 from wbcedge.quiet import quiet_fds
 from wbcedge.tomlfile import read_toml
+from wbcedge.device.shift import REFERENCE_FILE, save_reference
+from wbcedge.train.shift_reference import (build_reference, calibrate_file, feature_check, predict_two,
+                                           threshold_summary)
 
 TFLITE_INT8 = "model_int8.tflite"
 EXPORT_LOG = "export.log"
@@ -45,7 +48,11 @@ class ExportOptions:
                                      # of the test images (one class for everything: 100 - 20 = 80 on 5 balanced)
     activation_type: str = "uint8"   # ONNX activations: uint8 (U8S8, fastest on x86/ARM) or int8
     per_channel: bool = True
-    threshold: float = 0.6           # below this top-1 probability a cell is "unidentified"
+    threshold: float = 0.6           # below this calibrated top-1 probability a cell is "unidentified"
+    shift_check: bool = True         # a feature output, reference statistics and a temperature (docs/shift.md)
+    reference_images: int = 4000     # training crops for the reference statistics (all when fewer)
+    min_feature_cosine: float = 0.95     # a file's features against the float model's, mean cosine
+    min_ood_correlation: float = 0.9     # a file's OOD scores against the float model's
     force: bool = False
     seed: int = 0
     data: str | None = None          # manifest override (default: the run's training manifest)
@@ -133,8 +140,16 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
                    else load_inputs([r.path for r in calib_recs], spec))
     x_test, y_test = labelled_inputs(test, spec)
     progress(f"float reference: {len(test)} test images, {len(calibration)} calibration images")
-    float_probs = keras_model.predict(x_test)
+    model, feature_dim = (convert.with_feature_output(keras_model.keras_model) if opts.shift_check
+                          else (keras_model.keras_model, None))
+    float_probs, float_feats = predict_two(model, x_test)
     float_res = classification_results(y_test, float_probs, classes)
+    augment = json.loads((run_dir / "config.json").read_text()).get("augment")
+    base, x_val, calibration_info, shift_info = (
+        build_reference(model, records, spec, classes, opts.reference_images, opts.seed, augment, progress)
+        if feature_dim else (None, None, {"temperature": 1.0, "fitted_on": None, "note": "shift check off"},
+                             {"reference": None, "note": "no feature output (shift check off at export, "
+                              "or the model's last layer is not a Dense layer wider than the classes)"}))
 
     if out.exists():
         shutil.rmtree(out)
@@ -149,21 +164,21 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     if "tflite" in opts.formats:
         progress("TFLite float32")
         with converting():
-            convert.to_tflite(keras_model.keras_model, out / "model_fp32.tflite", "fp32")
+            convert.to_tflite(model, out / "model_fp32.tflite", "fp32")
         files.append(("model_fp32.tflite", "tflite", "fp32"))
         if opts.float16:
             with converting():
-                convert.to_tflite(keras_model.keras_model, out / "model_fp16.tflite", "fp16")
+                convert.to_tflite(model, out / "model_fp16.tflite", "fp16")
             files.append(("model_fp16.tflite", "tflite", "fp16"))
         if opts.int8:
             progress("TFLite int8 (full integer)")
             with converting():
-                convert.to_tflite(keras_model.keras_model, out / TFLITE_INT8, "int8", calibration)
+                convert.to_tflite(model, out / TFLITE_INT8, "int8", calibration)
             files.append((TFLITE_INT8, "tflite", "int8"))
     if "onnx" in opts.formats:
         progress("ONNX float32")
         with converting():
-            convert.to_onnx(keras_model.keras_model, out / "model_fp32.onnx", metadata)
+            convert.to_onnx(model, out / "model_fp32.onnx", metadata)
         files.append(("model_fp32.onnx", "onnx", "fp32"))
         if opts.int8:
             progress(f"ONNX int8 (QDQ, {opts.activation_type} activations, per-channel weights)")
@@ -172,11 +187,18 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
                                       opts.activation_type, opts.per_channel, metadata)
             files.append(("model_int8.onnx", "onnx", "int8"))
 
+    references = {}
+    if base is not None:
+        for name, _, _ in files:
+            progress(f"shift thresholds for {name} from its features of the validation crops")
+            references[name] = calibrate_file(base, Classifier(out / name), x_val, opts.seed)
+            shift_info["thresholds"][name] = threshold_summary(references[name])
+        save_reference(out / REFERENCE_FILE, references)
     float_pred = float_probs.argmax(1)
     entries, failures = [], []
     for name, backend, precision in files:
         progress(f"checking {name} with the device runtime")
-        probs = Classifier(out / name).predict_many(x_test)
+        probs, feats = Classifier(out / name).predict_many_with_features(x_test)
         res = classification_results(y_test, probs, classes)
         drop = 100 * (float_res["accuracy"] - res["accuracy"])
         class_drops = {c: 100 * (float_res["per_class"][c]["recall"] - res["per_class"][c]["recall"]) for c in classes}
@@ -190,7 +212,8 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
             "agreement_with_float": float((probs.argmax(1) == float_pred).mean()),
             "quantization": quantization_of(out / name),
         }
-        broken = []
+        entry["features"], broken = feature_check(feats, float_feats, references.get(name), x_test,
+                                                  opts.min_feature_cosine, opts.min_ood_correlation)
         if drop > opts.max_drop:
             broken.append(f"accuracy fell {drop:.2f} points (budget {opts.max_drop})")
         for c, d in class_drops.items():
@@ -212,9 +235,11 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
         "run": str(run_dir), "test_images": len(test), "test_manifest": str(manifest_path),
         "float": {"accuracy": float_res["accuracy"], "accuracy_ci95": float_res["accuracy_ci95"],
                   "recall": {c: float_res["per_class"][c]["recall"] for c in classes}},
-        "budget": {"max_drop_pp": opts.max_drop, "max_class_drop_pp": opts.max_class_drop},
+        "budget": {"max_drop_pp": opts.max_drop, "max_class_drop_pp": opts.max_class_drop,
+                   "min_feature_cosine": opts.min_feature_cosine, "min_ood_correlation": opts.min_ood_correlation},
         "floors": {"min_accuracy_pct": opts.min_accuracy, "min_class_recall_pct": opts.min_class_recall,
                    "max_share_excess_pp": opts.max_share_excess},
+        "temperature": calibration_info, "domain_shift": shift_info,
         "files": entries, "failures": failures, "forced": bool(failures and opts.force),
         "calibration": {"images": len(calibration), "per_channel": opts.per_channel,
                         "onnx_activation_type": opts.activation_type,
@@ -227,6 +252,7 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     spec.save(out)
     write_manifest(out, {
         "classes": classes, "preprocess": spec.to_dict(), "confidence_threshold": opts.threshold,
+        "calibration": calibration_info, "domain_shift": shift_info,
         "models": [{k: e[k] for k in ("file", "backend", "precision", "within_budget", "accuracy", "size_bytes")}
                    for e in entries],
         "default_model": default, "deployable": deployable,
@@ -304,6 +330,25 @@ def report_markdown(report: dict) -> str:
                      f"({100 * e['accuracy_ci95'][0]:.1f}-{100 * e['accuracy_ci95'][1]:.1f}) | {e['accuracy_drop_pp']:+.2f} | "
                      f"{worst[0]} {worst[1]:+.2f} | {100 * e['agreement_with_float']:.2f}% | {qtext} | "
                      f"{'within budget' if e['within_budget'] else 'OVER BUDGET'} |")
+    feats = [(e["file"], e["features"]) for e in report["files"] if e.get("features")]
+    if feats:
+        lines += ["", "Feature output (domain-shift check), against the float model on the same images:", "",
+                  "| file | mean cosine (min) | OOD score correlation | over the cell threshold (float) |",
+                  "|---|---|---|---|"]
+        for name, f in feats:
+            if not f.get("present"):
+                lines.append(f"| {name} | missing | | |")
+                continue
+            corr = f.get("ood_score_correlation")
+            over = (f"{100 * f['ood_over_cell_threshold']:.1f}% ({100 * f['ood_over_cell_threshold_float']:.1f}%)"
+                    if "ood_over_cell_threshold" in f else "")
+            lines.append(f"| {name} | {f['cosine_mean']:.4f} ({f['cosine_min']:.3f}) | "
+                         f"{'' if corr is None else f'{corr:.4f}'} | {over} |")
+    t = report.get("temperature") or {}
+    if t.get("fitted_on"):
+        lines += ["", f"Temperature {t['temperature']:.3f} fitted on {t['images']} validation images: ECE "
+                  f"{100 * t['ece_before']:.2f}% -> {100 * t['ece_after']:.2f}%, NLL {t['nll_before']:.4f} -> "
+                  f"{t['nll_after']:.4f}."]
     if report["failures"]:
         lines += ["", "**Failures:**", *[f"- {f}" for f in report["failures"]]]
         if report["forced"]:

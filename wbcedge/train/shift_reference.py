@@ -1,0 +1,137 @@
+"""At export: the reference statistics of the domain-shift check, the temperature, and their gate.
+
+- Reference: class means and shared covariance of the float model's penultimate features on
+  training crops (`wbcedge.device.shift.fit_reference`).
+- Thresholds and temperature: from the validation crops only (held out from the weights and
+  from the reference statistics; the test split stays for the gate and for docs/shift.md).
+- Gate: every exported file's features must point the way the float model's do (cosine) and its
+  OOD scores must agree with the float scores (correlation), like accuracy is gated for the
+  probabilities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wbcedge.device.confidence import apply_temperature, fit_temperature, negative_log_likelihood
+from wbcedge.device.shift import METHOD, REFERENCE_FILE, ShiftReference, calibrate, colour_statistics, fit_reference
+from wbcedge.labels import class_indices
+
+MIN_VAL_IMAGES = 20
+CELL_QUANTILE = 0.99      # 1% of in-distribution cells are set unidentified by the shift check
+SESSION_QUANTILE = 0.998  # of simulated sessions of held-out crops ...
+SESSION_MARGIN = 1.25     # ... times this margin for the variation between real sessions (docs/shift.md)
+
+
+def predict_two(model, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities and features (None for a one-output model) of a Keras model, in float32."""
+    out = model.predict(x.astype(np.float32), verbose=0, batch_size=batch_size)
+    if isinstance(out, (list, tuple)):
+        return np.asarray(out[0], np.float32), np.asarray(out[1], np.float32)
+    return np.asarray(out, np.float32), None
+
+
+def sample_per_class(records: list, n: int, seed: int) -> list:
+    """At most n records, the classes in their own proportions (a random subset per class)."""
+    if len(records) <= n:
+        return list(records)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.permutation(len(records))[:n])
+    return [records[i] for i in idx]
+
+
+def colour_augmented(inputs: np.ndarray, augment: dict | None, seed: int) -> np.ndarray:
+    """The training run's colour augmentation (not its geometry) applied to each crop once, as training did."""
+    cfg = {k: v for k, v in (augment or {}).items() if k not in ("flips", "rot90")}
+    if not any(cfg.values()):
+        return inputs[:0]
+    import tensorflow as tf
+
+    from wbcedge.train.training import _augment_fn
+
+    tf.random.set_seed(seed)
+    fn = _augment_fn(tf, cfg, seed)
+    out = [fn(tf.constant(x[None].astype(np.float32)), 0)[0].numpy()[0] for x in inputs]
+    return np.clip(np.round(np.stack(out)), 0, 255).astype(np.uint8)
+
+
+def build_reference(model, records: list, spec, classes: list[str], max_train: int, seed: int,
+                    augment: dict | None = None, progress=print):
+    """(base reference or None, validation inputs, the manifest's "calibration", the manifest's "domain_shift").
+
+    The base holds the statistics; `calibrate_file` adds each model file's thresholds.
+    """
+    from wbcedge.evaluation.metrics import expected_calibration_error
+    from wbcedge.preprocess import load_inputs
+
+    train = sample_per_class([r for r in records if r.split == "train"], max_train, seed)
+    val = [r for r in records if r.split == "val"]
+    if len(val) < MIN_VAL_IMAGES or len(train) < len(classes):
+        why = (f"{len(val)} validation images (need {MIN_VAL_IMAGES}) and {len(train)} training images; "
+               "the shift check is off and confidences are not calibrated in this bundle")
+        progress(f"warning: {why}")
+        return None, None, {"temperature": 1.0, "fitted_on": None, "note": why}, {"reference": None, "note": why}
+    progress(f"reference statistics: {len(train)} training crops (colour also under the run's colour "
+             f"augmentation); scales, thresholds and temperature from {len(val)} validation crops")
+    x_train = load_inputs([r.path for r in train], spec)
+    y_train = class_indices(r.label for r in train)
+    _, train_feats = predict_two(model, x_train)
+    means, whiten = fit_reference(train_feats, y_train, len(classes))
+    x_aug = colour_augmented(x_train, augment, seed)
+    colour_means, colour_whiten = fit_reference(colour_statistics(np.concatenate([x_train, x_aug])),
+                                                np.concatenate([y_train, y_train[:len(x_aug)]]), len(classes), 0.01)
+    x_val = load_inputs([r.path for r in val], spec)
+    val_probs, val_feats = predict_two(model, x_val)
+    unscaled = ShiftReference(means, whiten, colour_means, colour_whiten, np.ones(2), 0.0, np.ones(1))
+    scales = np.median(unscaled.parts(val_feats, x_val), axis=0)
+    base = ShiftReference(means, whiten, colour_means, colour_whiten, scales, 0.0, np.ones(1))
+    y_val = class_indices(r.label for r in val)
+    temperature = fit_temperature(val_probs, y_val)
+    calibrated = apply_temperature(val_probs, temperature)
+    calibration = {"temperature": round(temperature, 4), "fitted_on": "val", "images": len(val),
+                   "nll_before": negative_log_likelihood(val_probs, y_val),
+                   "nll_after": negative_log_likelihood(calibrated, y_val),
+                   "ece_before": expected_calibration_error(y_val, val_probs),
+                   "ece_after": expected_calibration_error(y_val, calibrated)}
+    shift = {"reference": REFERENCE_FILE, "method": METHOD, "feature_dim": base.feature_dim,
+             "train_images": len(train), "colour_augmented_images": len(x_aug), "val_images": len(val),
+             "cell_quantile": CELL_QUANTILE, "session_quantile": SESSION_QUANTILE, "session_margin": SESSION_MARGIN,
+             "min_cells": base.min_cells, "thresholds": {}}
+    return base, x_val, calibration, shift
+
+
+def calibrate_file(base: ShiftReference, classifier, x_val: np.ndarray, seed: int) -> ShiftReference:
+    """The thresholds of one model file, from its own features of the validation crops (int8 adds noise)."""
+    _, feats = classifier.predict_many_with_features(x_val)
+    return calibrate(base, base.cell_scores(feats, x_val), CELL_QUANTILE, SESSION_QUANTILE, SESSION_MARGIN, seed=seed)
+
+
+def threshold_summary(ref: ShiftReference) -> dict:
+    return {"cell": round(ref.cell_threshold, 4), "session_at_min_cells": round(ref.session_threshold(ref.min_cells), 4),
+            "session_at_100_cells": round(ref.session_threshold(100), 4)}
+
+
+def feature_check(file_feats: np.ndarray | None, float_feats: np.ndarray | None, reference: ShiftReference | None,
+                  inputs: np.ndarray | None, min_cosine: float, min_correlation: float) -> tuple[dict | None, list[str]]:
+    """The gate's feature entry for one file (its reference holds that file's thresholds), and what broke."""
+    if float_feats is None:
+        return None, []
+    if file_feats is None:
+        return {"present": False}, ["the file has no feature output (the shift check needs it)"]
+    a, b = file_feats.astype(np.float64), float_feats.astype(np.float64)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    entry = {"present": True, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+    broken = []
+    if entry["cosine_mean"] < min_cosine:
+        broken.append(f"features: mean cosine to float {entry['cosine_mean']:.3f} (budget {min_cosine})")
+    if reference is not None and inputs is not None and len(a) > 2:
+        p_file, p_float = reference.parts(a, inputs), reference.parts(b, inputs)
+        f_file, f_float = p_file[:, 0], p_float[:, 0]  # the colour part is the same input for both
+        corr = float(np.corrcoef(f_file, f_float)[0, 1]) if f_file.std() > 0 and f_float.std() > 0 else 0.0
+        over_file, over_float = p_file.max(1) > reference.cell_threshold, p_float.max(1) > reference.cell_threshold
+        entry.update(ood_score_correlation=corr, ood_over_cell_threshold=float(over_file.mean()),
+                     ood_over_cell_threshold_float=float(over_float.mean()),
+                     ood_decision_agreement=float((over_file == over_float).mean()))
+        if corr < min_correlation:
+            broken.append(f"OOD scores: feature-distance correlation with float {corr:.3f} (budget {min_correlation})")
+    return entry, broken
