@@ -51,7 +51,8 @@ def test_bccd_frames_raise_the_alarm_everywhere(bccd_session):
     assert "not valid for this microscope" in doc["domain_shift"]["message"]
     assert "wbcedge adapt" in doc["domain_shift"]["message"]
     html = (result.session_dir / "report.html").read_text()
-    assert 'class="alarm"' in html and "look unlike the model&#x27;s training data" in html
+    assert 'class="banner"' in html and "cells look unlike the model&#x27;s training data" in html
+    assert "not valid for this microscope" in html
     from wbcedge.device.records import read_cells
     cells = read_cells(result.session_dir)
     assert cells and all(c.ood_score is not None for c in cells)
