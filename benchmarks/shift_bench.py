@@ -139,7 +139,7 @@ def main() -> None:
     from wbcedge.train.shift_reference import sample_per_class
 
     bundle = load_bundle(args.bundle)
-    spec, classes = bundle.spec, bundle.classes
+    spec = bundle.spec
     pipeline = CellPipeline(bundle, args.backend, args.precision)
     ref: ShiftReference = pipeline.shift_reference
     if ref is None:
@@ -182,7 +182,6 @@ def main() -> None:
                "feature Mahalanobis (shared covariance)": lambda f, x: ref.parts(f, x)[:, 0],
                "colour Mahalanobis (augmented training colours)": lambda f, x: ref.parts(f, x)[:, 1],
                "knn (k=10, cosine, features)": lambda f, x: knn(f), "max-softmax (1 - top-1)": None}
-    energy = None
     if args.run and (args.run / "model.keras").is_file():
         import keras  # the energy score needs the last layer's weights: training box only
 
