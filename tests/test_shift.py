@@ -184,3 +184,20 @@ def test_temperature_fit_recovers_overconfidence_and_lowers_ece(tmp_path):
     assert expected_calibration_error(y, true_p) < 0.03
     path = plot_reliability(tmp_path / "reliability.png", y, {"raw": over, "scaled": fixed}, "generated")
     assert path.stat().st_size > 1000
+
+
+def test_live_window_line_shows_the_alarm_state():
+    from wbcedge.device.display import shift_banner
+
+    rng = np.random.default_rng(3)
+    base, feats, images = generated_reference(rng, dim=8, n=2400)
+    ref = calibrate(base, base.cell_scores(feats, images))
+    assert shift_banner(None)[0] == "shift check off"
+    monitor = ShiftMonitor(ref)
+    monitor.add(ref.cell_scores(feats[:2], images[:2]))
+    assert shift_banner(monitor)[0].startswith("shift check: 2/5 cells")
+    monitor.add(ref.cell_scores(feats[2:40], images[2:40]))
+    assert shift_banner(monitor)[0].startswith("shift ok")
+    monitor.add(ref.cell_scores(feats[:200] + 5.0, images[:200]))
+    text, colour = shift_banner(monitor)
+    assert text.startswith("DOMAIN SHIFT") and colour == (0, 0, 255)
