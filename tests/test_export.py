@@ -56,11 +56,13 @@ def test_export_writes_a_verified_deployable_bundle(good_bundle):
     onx = files["model_int8.onnx"]["quantization"]
     assert onx["quantize_nodes"] > 0 and onx["per_channel_weights"] > 0 and onx["float_weight_convs"] == 0
     assert json.loads(onx["metadata"]["wbcedge.labels"]) == bundle.classes
-    for name in ("model_int8.tflite", "model_int8.onnx"):
-        # 37-39% for this 0.5 M-parameter model: per-channel scales and zero points are
-        # ~24% of the int8 TFLite file (docs/export.md); a regression would exceed 40%.
-        assert files[name]["size_bytes"] <= 0.40 * files[name.replace("int8", "fp32")]["size_bytes"]
+    for name, share in (("model_int8.tflite", 0.40), ("model_int8.onnx", 0.41)):
+        # 37-40% for this 0.5 M-parameter model: per-channel scales and zero points are
+        # ~24% of the int8 TFLite file (docs/export.md); the feature output (docs/shift.md)
+        # adds 24 kB to the int8 ONNX file (40.1% of float).
+        assert files[name]["size_bytes"] <= share * files[name.replace("int8", "fp32")]["size_bytes"]
         assert files[name]["within_budget"]
+        assert files[name]["features"]["present"] and files[name]["features"]["cosine_mean"] > 0.95
     assert bundle.model_entry()["file"] == "model_int8.tflite"
     assert report["calibration"]["images"] == 100
 
