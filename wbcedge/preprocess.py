@@ -20,11 +20,19 @@ import cv2
 import numpy as np
 
 from wbcedge.errors import InputDataError, InputFileMissingError
+from wbcedge.imagefile import ImageRejected, display_name, error_line, read_checked
 from wbcedge.parallel import parallel_map
 
 SPEC_FILE = "preprocess.json"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 """Image files everything in wbcedge reads: data folders, frame folders, crops (all decoded by OpenCV)."""
+INPUT_SIZE_RANGE = (16, 1024)
+COLOR_ORDERS = ("RGB", "BGR")
+INPUT_DTYPES = ("uint8", "float32")
+
+
+class PreprocessSpecError(InputDataError):
+    """A preprocessing spec with a missing, unknown or out-of-range value."""
 
 
 @dataclass(frozen=True)
@@ -43,15 +51,36 @@ class PreprocessSpec:
     # to `cell_fraction`, which makes every cell look the same size.
     crop_um: float | None = None
 
+    def __post_init__(self) -> None:
+        lo, hi = INPUT_SIZE_RANGE
+        problems = []
+        if not (_is_int(self.input_size) and lo <= self.input_size <= hi):
+            problems.append(f"input_size must be a whole number of pixels in [{lo}, {hi}], got {self.input_size!r}")
+        if self.color_order not in COLOR_ORDERS:
+            problems.append(f"color_order must be one of {list(COLOR_ORDERS)}, got {self.color_order!r}")
+        if self.input_dtype not in INPUT_DTYPES:
+            problems.append(f"input_dtype must be one of {list(INPUT_DTYPES)}, got {self.input_dtype!r}")
+        if not (isinstance(self.interpolation, str) and self.interpolation in _INTERPOLATION):
+            problems.append(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {self.interpolation!r}")
+        if not (_is_real(self.cell_fraction) and 0.0 < self.cell_fraction < 1.0):
+            problems.append(f"cell_fraction must be a number in (0, 1), got {self.cell_fraction!r}")
+        if self.crop_um is not None and not (_is_real(self.crop_um) and 0.0 < self.crop_um < 1e4):
+            problems.append(f"crop_um must be a number of micrometres > 0 (or null), got {self.crop_um!r}")
+        if problems:
+            raise PreprocessSpecError("preprocessing spec: " + "; ".join(problems)
+                                      + ". Re-export the bundle, or fix preprocess.json")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessSpec":
+        if not isinstance(data, dict):
+            raise PreprocessSpecError(f"preprocessing spec must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise InputDataError(f"preprocessing spec has unknown keys {sorted(unknown)}; "
+            raise PreprocessSpecError(f"preprocessing spec has unknown keys {sorted(unknown)}; "
                              f"this wbcedge understands {sorted(known)}: upgrade wbcedge or re-export the bundle")
         return cls(**data)
 
@@ -65,7 +94,19 @@ class PreprocessSpec:
         path = Path(folder) / SPEC_FILE
         if not path.is_file():
             raise InputFileMissingError(f"{path} is missing: a run folder or bundle must carry its preprocessing spec")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PreprocessSpecError(f"{path} is not valid JSON ({exc}); re-export the bundle") from None
+        return cls.from_dict(data)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
@@ -154,25 +195,35 @@ def crop_around_cell(frame_bgr: np.ndarray, box: tuple[int, int, int, int], spec
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file as 8-bit BGR, or raise InputDataError (a ValueError) naming the file and the problem."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        raise InputDataError(f"{path}: empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    """Read an image file as 8-bit BGR, or raise ImageRejected (a ValueError) naming the file and the problem.
+
+    The header is checked against the pixel budget before decoding (`wbcedge.imagefile`).
+    """
+    data = np.frombuffer(read_checked(Path(path)), dtype=np.uint8)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ImageRejected(f"{display_name(path)}: the decoder failed ({error_line(exc)})") from None
     if image is None:
-        raise InputDataError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
+        raise ImageRejected(f"{display_name(path)}: not a readable image (corrupt, truncated or not an image format)")
     try:
         return as_bgr(image)
     except ValueError as exc:
-        raise InputDataError(f"{path}: {exc}") from None
+        raise ImageRejected(f"{display_name(path)}: {exc}") from None
 
 
-def as_bgr(image: np.ndarray) -> np.ndarray:
-    """Bring a decoded frame to HxWx3 uint8 BGR (gray and BGRA are converted, 16 bit scaled)."""
+def as_bgr(image: np.ndarray, min_side: int = 0) -> np.ndarray:
+    """Bring a decoded frame to HxWx3 uint8 BGR (gray and BGRA are converted, 16 bit scaled).
+
+    A frame with a side under `min_side` pixels (capture passes `imagefile.MIN_SIDE`) is refused.
+    """
     if image.dtype == np.uint16:
         image = (image // 257).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ValueError(f"unsupported pixel type {image.dtype}; expected 8- or 16-bit")
+    if image.ndim < 2 or min(image.shape[:2]) < min_side:
+        raise ValueError(f"{image.shape[1] if image.ndim > 1 else 0}x{image.shape[0]} pixels is smaller than a cell "
+                         f"(under {min_side} px on a side)")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.ndim == 3 and image.shape[2] == 4:

@@ -95,6 +95,7 @@ def _root(
 # Registration order is the order `--help` lists the workflow in.
 from wbcedge.cli import bench_cmd, bundle_cmd, data_cmd, evaluate_cmd, export_cmd, run_cmd, train_cmd  # noqa: E402,F401
 from wbcedge.cli import review_cmd  # noqa: E402,F401  (after run: the help lists the workflow in order)
+from wbcedge.cli import report_cmd  # noqa: E402,F401
 
 
 def main() -> None:

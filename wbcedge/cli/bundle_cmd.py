@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from wbcedge.cli import app
@@ -26,16 +27,18 @@ def inspect_cmd(bundle: Path = typer.Argument(None, help="Bundle folder or archi
     b = load_bundle(bundle, verify=False)
     m = b.manifest
     problems = verify_bundle(b.path)
-    console.print(f"[bold]{b.path}[/]  format {m.get('format')} v{m.get('format_version')}, created {m.get('created')}, "
-                  f"from run {m.get('source_run')}")
-    console.print(f"classes: {', '.join(b.classes)}; confidence threshold {b.threshold}")
-    console.print(f"preprocess: {json.dumps(m.get('preprocess'))}")
+    # Text from the manifest is data: escaped, so a class named "[/]" prints as it is.
+    console.print(f"[bold]{escape(str(b.path))}[/]  format {escape(str(m.get('format')))} v{m.get('format_version')}, "
+                  f"created {escape(str(m.get('created')))}, from run {escape(str(m.get('source_run')))}")
+    console.print(f"classes: {escape(', '.join(b.classes))}; confidence threshold {b.threshold}")
+    console.print(f"preprocess: {escape(json.dumps(m.get('preprocess')))}")
     table = Table(title="model files")
     for col in ("file", "backend", "precision", "size", "accuracy", "gate", "default"):
         table.add_column(col)
     for e in b.models:
-        table.add_row(e["file"], e["backend"], e["precision"], f"{e['size_bytes'] / 1e6:.2f} MB",
-                      f"{100 * e['accuracy']:.2f}%", "ok" if e["within_budget"] else "OVER BUDGET",
+        size, accuracy = e.get("size_bytes"), e.get("accuracy")  # optional in the schema
+        table.add_row(escape(e["file"]), e["backend"], e["precision"], "—" if size is None else f"{size / 1e6:.2f} MB",
+                      "—" if accuracy is None else f"{100 * accuracy:.2f}%", "ok" if e["within_budget"] else "OVER BUDGET",
                       "yes" if e["file"] == m.get("default_model") else "")
     console.print(table)
     console.print(f"deployable: {b.deployable}; verification: " + ("ok" if not problems else f"{len(problems)} problem(s)"))

@@ -17,6 +17,7 @@ from wbcedge import data
 from wbcedge.cli import app
 from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, fail, write_json
 from wbcedge.data.scale import copy_scale
+from wbcedge.imagefile import display_name
 from wbcedge.labels import CLASSES, SKIP, UnknownClassError, normalize_class
 
 data_app = typer.Typer(
@@ -144,8 +145,10 @@ def check_cmd(
 ) -> None:
     """Re-read every file of a manifest and report counts, duplicates, conflicts, odd files and leaks.
 
-    Exits 1 when a group of identical files (or an augmented copy and its source)
-    straddles splits, or when a listed file is missing, unreadable or changed.
+    Exit codes: 0 all good; 1 the check ran and failed: a group of identical files (or
+    an augmented copy and its source) straddles splits, or a listed file is missing,
+    unreadable, changed or refused (e.g. a header claiming an absurd size); 2 the check
+    could not run (no manifest, or not a readable manifest).
     """
     out_console = _console_for(json_path)
     records = data.read_manifest(manifest)
@@ -320,7 +323,7 @@ def _progress(out: Console, description: str, total: int | None) -> Iterator[Cal
 def _print_problems(out: Console, problems: list[data.Problem], indent: str = "") -> None:
     """One line per file: what is wrong with it and what was done."""
     for p in problems:
-        paths = ", ".join(_show(path) for path in p.path.split(", "))  # a duplicate group names several
+        paths = ", ".join(_show(display_name(path)) for path in p.path.split(", "))  # a group names several
         out.print(f"{indent}{paths}: {p.what} -> {p.action}", style="yellow",
                   markup=False, highlight=False, soft_wrap=True)
 

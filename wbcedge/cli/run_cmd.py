@@ -62,6 +62,8 @@ def run_cmd(
     for notice in notices:
         console.print(Panel(Text(notice), style="bold yellow", expand=False))
     console.print(format_differential(result.differential))
+    if result.meta.get("skipped_summary"):
+        err_console.print(f"warning: {result.meta['skipped_summary']}", markup=False, highlight=False)
     if result.timing:
         fps = result.timing.get("fps_end_to_end") or 0
         console.print(f"{result.frames_seen} frames ({result.frames_blurred} blurred), {fps:.1f} frames/s; "

@@ -4,6 +4,7 @@ cannot be used as it is: nothing is dropped silently.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from wbcedge.data.manifest import HUGE_SIDE, IMAGE_SUFFIXES, TINY_SIDE, IndexResult, Problem, Record
 from wbcedge.errors import InputDataError, InputFileMissingError
+from wbcedge.imagefile import ImageRejected, check_image_bytes, display_name, error_line, is_utf8_name
 from wbcedge.labels import CLASSES, SKIP, UnknownClassError, normalize_class
 from wbcedge.parallel import parallel_map as _parallel_map
 
@@ -32,7 +34,13 @@ def _inspect(data: bytes) -> tuple[int, int, str | None, str | None]:
         return 0, 0, "empty file (0 bytes)", None
     if data[:2] == b"\xff\xd8" and not _has_jpeg_end(data):
         return 0, 0, "truncated JPEG (no end-of-image marker FFD9)", None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        check_image_bytes(data, min_side=1)  # the header's size against the pixel budget, before decoding
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except ImageRejected as e:
+        return 0, 0, str(e), None
+    except cv2.error as e:
+        return 0, 0, f"the decoder failed ({error_line(e)})", None
     if image is None:
         return 0, 0, "not a readable image (corrupt, truncated or not an image format)", None
     h, w = image.shape[:2]
@@ -59,6 +67,21 @@ def _probe(path: str) -> tuple[str, int, int, str | None, str | None]:
     return (hashlib.sha256(data).hexdigest(), *_inspect(data))
 
 
+def _link_problem(path: Path) -> str | None:
+    """Why a symbolic link is not followed (dangling, a loop, a folder), or None for anything else."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "symbolic link loop"
+    except OSError as e:
+        return "symbolic link loop" if e.errno == errno.ELOOP else "dangling symbolic link (its target is missing)"
+    if path.is_dir():
+        return "symbolic link to a folder (not followed)"
+    return None
+
+
 def index_folder(root: Path, class_map: dict[str, str] | None = None, workers: int | None = None,
                  progress=None) -> IndexResult:
     """Index `root/<class>/<image>` into records (split left empty).
@@ -72,6 +95,9 @@ def index_folder(root: Path, class_map: dict[str, str] | None = None, workers: i
     if not root.is_dir():
         raise InputFileMissingError(f"{root} is not a folder: give a folder with one sub-folder per class")
     entries = sorted(root.iterdir())
+    problems = [Problem(display_name(p), "name is not valid UTF-8", "skipped; rename it")
+                for p in entries if not is_utf8_name(p.name)]
+    entries = [p for p in entries if is_utf8_name(p.name)]
     class_dirs = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
     if not class_dirs:
         raise InputDataError(f"{root} has no class sub-folders: expected e.g. {root}/neutrophil/*.jpg")
@@ -88,8 +114,8 @@ def index_folder(root: Path, class_map: dict[str, str] | None = None, workers: i
             f"{root}: folder(s) {names} are not known white blood cell classes. Known classes: "
             f"{', '.join(CLASSES)}. Map each with --map '{unknown[0]}=<class>' "
             f"(or --map '{unknown[0]}=skip' to leave it out).")
-    problems = [Problem(str(p), "file outside the class folders", "skipped")
-                for p in entries if not p.is_dir()]
+    problems += [Problem(str(p), _link_problem(p) or "file outside the class folders", "skipped")
+                 for p in entries if not p.is_dir()]
     problems += [Problem(str(p), "hidden folder", "skipped")
                  for p in entries if p.is_dir() and p.name.startswith(".")]
     jobs: list[tuple[Path, str]] = []
@@ -98,7 +124,14 @@ def index_folder(root: Path, class_map: dict[str, str] | None = None, workers: i
         if label == SKIP:
             problems.append(Problem(str(d), "folder mapped to skip", "left out"))
             continue
-        files = sorted(p for p in d.rglob("*") if p.is_file())
+        files = []
+        for p in sorted(d.rglob("*")):
+            if not is_utf8_name(p.relative_to(d)):
+                problems.append(Problem(display_name(p), "name is not valid UTF-8", "skipped; rename it"))
+            elif _link_problem(p):
+                problems.append(Problem(str(p), _link_problem(p), "skipped"))
+            elif p.is_file():
+                files.append(p)
         if not files:
             problems.append(Problem(str(d), "empty class folder", "no images from it"))
         for p in files:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,10 @@ HUGE_SIDE = 4096    # larger than this on either side: reported as huge
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples" / "pbc"
 """Four real PBC crops per class, shipped with the package (see its ATTRIBUTION.md)."""
+
+
+class ManifestError(InputDataError):
+    """A data manifest that cannot be read: not a CSV, missing columns, a malformed row."""
 
 
 @dataclass
@@ -58,17 +63,27 @@ class IndexResult:
 # ---------------------------------------------------------------- manifest files
 
 def write_manifest(records: list[Record], path: Path) -> None:
+    """Write the manifest atomically: a temporary file in the same folder, fsynced, then renamed over
+    `path`, so a crash or a full disk leaves the old manifest as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.resolve()
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        for r in records:
-            row = {k: getattr(r, k) for k in FIELDS}
-            row["path"] = _relative(r.path, base)
-            row["source"] = _relative(r.source, base) if r.source else ""
-            writer.writerow(row)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            for r in records:
+                row = {k: getattr(r, k) for k in FIELDS}
+                row["path"] = _relative(r.path, base)
+                row["source"] = _relative(r.source, base) if r.source else ""
+                writer.writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_manifest(path: Path) -> list[Record]:
@@ -77,21 +92,33 @@ def read_manifest(path: Path) -> list[Record]:
     if not path.is_file():
         raise InputFileMissingError(f"{path}: no such manifest; make one with `wbcedge data index DIR --out {path}`")
     base = path.parent.resolve()
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return parse_manifest(f, base, str(path))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ManifestError(f"{path}: not a readable CSV manifest ({e}); re-create it with `wbcedge data index`") from None
+
+
+def parse_manifest(lines, base: Path, where: str = "manifest") -> list[Record]:
+    """Records from the CSV text of a manifest (an iterable of lines); ManifestError for anything malformed."""
     out = []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(FIELDS) - set(reader.fieldnames or [])
-        if missing:
-            raise InputDataError(f"{path}: not a wbcedge manifest (missing columns {sorted(missing)})")
-        for line, row in enumerate(reader, start=2):
-            try:
-                out.append(Record(path=os.path.normpath(base / row["path"]), label=row["label"],
-                                  sha256=row["sha256"], width=int(row["width"]), height=int(row["height"]),
-                                  split=row["split"],
-                                  source=os.path.normpath(base / row["source"]) if row["source"] else ""))
-            except (TypeError, ValueError) as e:
-                raise InputDataError(f"{path}, line {line}: malformed row ({e}); re-create the manifest with "
-                                 f"`wbcedge data index`") from None
+    reader = csv.DictReader(lines)
+    missing = set(FIELDS) - set(reader.fieldnames or [])
+    if missing:
+        raise ManifestError(f"{where}: not a wbcedge manifest (missing columns {sorted(missing)})")
+    for line, row in enumerate(reader, start=2):
+        try:
+            if any(row[k] is None for k in FIELDS) or "\x00" in "".join(row[k] for k in FIELDS):
+                raise ValueError("missing fields or a NUL byte")
+            width, height = int(row["width"]), int(row["height"])
+            if width < 0 or height < 0:
+                raise ValueError("negative size")
+            out.append(Record(path=os.path.normpath(base / row["path"]), label=row["label"],
+                              sha256=row["sha256"], width=width, height=height, split=row["split"],
+                              source=os.path.normpath(base / row["source"]) if row["source"] else ""))
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"{where}, line {line}: malformed row ({e}); re-create the manifest with "
+                                f"`wbcedge data index`") from None
     return out
 
 

@@ -16,13 +16,20 @@ Pixel format and colour order per source:
 - USB / V4L2 camera (`--camera 0`): `cv2.VideoCapture` converts YUYV/MJPG to BGR.
 
 Live cameras retry a failed read with exponential backoff and then raise
-`CameraLostError`; file sources report a frame they cannot decode and go on.
+`CameraLostError`; file sources report a frame they cannot use and go on: an image
+whose header claims more than the pixel budget (`wbcedge.imagefile`, checked from the
+header before decoding), smaller than a cell, or undecodable becomes a `SkippedFrame`
+with its reason (`FrameSource.take_skipped()`), which the run records and reports.
+Globs with `**` walk folders without following symbolic links (no loop), and every
+source reads each file once (duplicates through links are dropped).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
+import math
 import os
 import re
 import time
@@ -34,6 +41,7 @@ import cv2
 import numpy as np
 
 from wbcedge.errors import CameraError, InputDataError, MissingDependencyError
+from wbcedge.imagefile import MIN_SIDE, display_name
 from wbcedge.preprocess import IMAGE_SUFFIXES, as_bgr, read_image  # noqa: F401  (IMAGE_SUFFIXES: used below and by callers)
 from wbcedge.tomlfile import loads_toml
 
@@ -162,7 +170,7 @@ class CameraProfile:
             raise ProfileError(f"cannot read camera profile {path}: {exc}") from None
         try:
             data = loads_toml(text)
-        except ValueError as exc:  # TOMLDecodeError
+        except (ValueError, RecursionError) as exc:  # TOMLDecodeError, or nesting too deep
             raise ProfileError(f"camera profile {path} is not valid TOML: {exc}") from None
         if "camera" in data and isinstance(data["camera"], dict) and len(data) == 1:
             data = data["camera"]  # also accept everything under a [camera] table
@@ -175,7 +183,7 @@ def _number(value: Any) -> bool:
 
 
 def _positive(value: Any) -> bool:
-    return _number(value) and value > 0
+    return _number(value) and math.isfinite(value) and value > 0
 
 
 # ---------------------------------------------------------------- focus
@@ -210,6 +218,12 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class SkippedFrame:
+    name: str      # the file name as the OS gave it (may hold undecodable bytes as surrogates)
+    reason: str    # why it was not used, e.g. "PNG header claims 100000x100000 pixels, ..."
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """Backoff for a live camera read that failed: `attempts` retries, waiting
     first_delay_s, then twice that, ... (defaults: 0.1, 0.2, 0.4, 0.8, 1.6 s)."""
@@ -239,6 +253,16 @@ class FrameSource:
         self._on_problem = on_problem
         self._next_index = 0
         self._closed = False
+        self._skipped: list[SkippedFrame] = []
+
+    def take_skipped(self) -> list[SkippedFrame]:
+        """The frames skipped since the last call (the run records each one)."""
+        out, self._skipped = self._skipped, []
+        return out
+
+    def _skip(self, name: str, reason: str) -> None:
+        self._skipped.append(SkippedFrame(name, reason))
+        self._report(f"skipped {display_name(name)}: {reason}")
 
     def __iter__(self) -> Iterator[Frame]:
         return self
@@ -292,8 +316,9 @@ class ImageFilesSource(FrameSource):
             self._pos += 1
             try:
                 image = read_image(path)
-            except (ValueError, OSError) as exc:
-                self._report(f"skipped {exc}" if str(path) in str(exc) else f"skipped {path}: {exc}")
+            except (ValueError, OSError) as exc:  # ImageRejected is a ValueError
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self._skip(path.name, reason.removeprefix(f"{display_name(path)}: "))
                 continue
             return self._frame(image, time.time(), path.name)
         raise StopIteration
@@ -331,9 +356,9 @@ class VideoFileSource(FrameSource):
             self._position += 1
             if ok and image is not None:
                 try:
-                    image = as_bgr(image)
+                    image = as_bgr(image, min_side=MIN_SIDE)
                 except ValueError as exc:
-                    self._report(f"{self.path}: frame {position} skipped: {exc}")
+                    self._skip(f"{self.path.stem}#{position:06d}", str(exc))
                     continue
                 msec = self._cap.get(cv2.CAP_PROP_POS_MSEC)
                 return self._frame(image, (msec or 0.0) / 1000.0, f"{self.path.stem}#{position:06d}")
@@ -642,8 +667,8 @@ def open_path(source: str, on_problem: Callable[[str], None] | None = None) -> F
     what = ("Give an image, a folder of images, a glob such as 'smears/*.png' (quoted), or a video file; "
             "or use --camera for a live camera.")
     if not path.exists() and any(ch in source for ch in "*?["):
-        matches = sorted((Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True)), key=_natural_key)
-        images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        matches = sorted(glob_files(os.path.expanduser(source)), key=_natural_key)
+        images = _once([p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES])
         if not images:
             raise SourceError(f"the pattern '{source}' matches no image files "
                               f"({', '.join(sorted(IMAGE_SUFFIXES))}). {what}")
@@ -653,8 +678,8 @@ def open_path(source: str, on_problem: Callable[[str], None] | None = None) -> F
     if not os.access(path, os.R_OK):
         raise SourceError(f"{path} is not readable by this user; fix its permissions (chmod o+r) or copy it. {what}")
     if path.is_dir():
-        images = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                         and not p.name.startswith(".")), key=_natural_key)
+        images = _once(sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                               and not p.name.startswith(".")), key=_natural_key))
         if not images:
             raise SourceError(f"the folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                               f"images in sub-folders are not read: point at the sub-folder or use a glob "
@@ -699,6 +724,52 @@ def open_camera(camera: str, profile: CameraProfile | None = None, *, retry: Ret
                                   retry=retry, on_problem=on_problem)
     raise SourceError(f"--camera {camera}: not understood. Use auto, pi, jetson (or jetson:<sensor-id>), "
                       f"a V4L2 device number such as 0, or a device path such as /dev/video2.")
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """Files matching a glob; `**` matches any depth of folders but never follows a symbolic link
+    to a folder (so a link loop cannot make it walk forever). Hidden names match only a pattern
+    part that starts with '.', as in `glob`."""
+    if "**" not in pattern:
+        return [Path(p) for p in glob.glob(pattern) if os.path.isfile(p)]
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    wanted = parts[fixed:]
+    found = []
+    for folder, dirs, files in os.walk(base, followlinks=False):
+        rel = Path(folder).relative_to(base).parts
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            path = Path(folder, name)
+            if _match_parts((*rel, name), wanted) and path.is_file():
+                found.append(path if fixed else Path(os.path.relpath(path)))
+    return found
+
+
+def _match_parts(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return _match_parts(parts, pattern[1:]) or (bool(parts) and _match_parts(parts[1:], pattern))
+    if not parts or (parts[0].startswith(".") and not pattern[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], pattern[0]) and _match_parts(parts[1:], pattern[1:])
+
+
+def _once(paths: list[Path]) -> list[Path]:
+    """Each file once: a second path to the same file (a link, a repeated match) is dropped."""
+    seen, out = set(), []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            out.append(p)  # dangling: reading it reports the problem
+            continue
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            out.append(p)
+    return out
 
 
 def _natural_key(path: Path) -> list:

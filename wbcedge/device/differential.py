@@ -23,6 +23,10 @@ from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.labels import CLASSES, normalize_class
 from wbcedge.tomlfile import loads_toml
 
+
+class ReferenceRangeError(InputDataError):
+    """A reference-range file that cannot be read or holds an invalid range."""
+
 # Typical adult reference ranges, percent of white cells. Laboratory manuals commonly
 # print neutrophils 40-70% (many labs 40-75%), lymphocytes 20-40% or 20-45%,
 # monocytes 2-8% or 2-10%, eosinophils 1-4% or 1-6%, basophils 0.5-1% or 0-2%; the
@@ -158,29 +162,29 @@ def load_reference(path: str | Path) -> dict[str, tuple[float, float]]:
     path = Path(path)
     if not path.is_file():
         raise InputFileMissingError(f"reference range file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".toml":
             data = loads_toml(text)
         else:
             data = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise InputDataError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # JSON/TOML decode errors and bad UTF-8 are ValueErrors
+        raise ReferenceRangeError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}") from None
     if not isinstance(data, dict):
-        raise InputDataError(f"{path}: expected a mapping of cell type to [low, high] percent")
+        raise ReferenceRangeError(f"{path}: expected a mapping of cell type to [low, high] percent")
     ranges: dict[str, tuple[float, float]] = {}
     for key, value in data.items():
         if key in ("name", "source"):
             continue
-        cls = normalize_class(key)  # raises with the list of known classes
+        cls = normalize_class(str(key))  # raises with the list of known classes
         if isinstance(value, dict):
             value = (value.get("low"), value.get("high"))
         if (not isinstance(value, (list, tuple)) or len(value) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            raise InputDataError(f"{path}: {key} must be [low, high] in percent, got {value!r}")
+            raise ReferenceRangeError(f"{path}: {key} must be [low, high] in percent, got {value!r}")
         low, high = float(value[0]), float(value[1])
         if not 0.0 <= low <= high <= 100.0:
-            raise InputDataError(f"{path}: {key} range {low}-{high} must satisfy 0 <= low <= high <= 100")
+            raise ReferenceRangeError(f"{path}: {key} range {low}-{high} must satisfy 0 <= low <= high <= 100")
         ranges[cls] = (low, high)
     return ranges
 

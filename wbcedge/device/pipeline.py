@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from wbcedge.bundle import Bundle
@@ -26,6 +27,7 @@ from wbcedge.device.locate import CellBox, LocatorConfig, estimate_um_per_px, lo
 from wbcedge.device.runtime import Classifier
 from wbcedge.device.recrop import rescale_crop, single_cell_input
 from wbcedge.device.shift import ShiftMonitor, ShiftReference
+from wbcedge.imagefile import error_line
 from wbcedge.preprocess import crop_around_cell, to_model_input
 
 UNIDENTIFIED = "unidentified"
@@ -74,7 +76,8 @@ class CellPipeline:
         self.spec = bundle.spec
         self.classes = bundle.classes
         self.model_entry = bundle.model_entry(backend, precision)
-        self.classifier = Classifier(bundle.path / self.model_entry["file"], threads=threads)
+        self.classifier = Classifier(bundle.model_path(backend, precision), threads=threads)
+        self.classifier.check_classes(self.classes)
         self.locator = locator or LocatorConfig()
         self.um_per_px = um_per_px
         # Where the scale came from, for the session record: "profile", "red cells", or None while the
@@ -163,6 +166,14 @@ class SessionResult:
     timing: dict
     error: str | None = None
     domain_shift: dict | None = None   # ShiftMonitor.state() at the end; None when the check is off
+    frames_skipped: int = 0
+    no_overlap_frames: int = 0
+
+
+NO_OVERLAP = "no-overlap"
+NO_OVERLAP_WARNING = ("consecutive frames share no overlap (the stage moved more than about a third of the field "
+                      "between frames, or the picture changed completely): cells cannot be matched across them, so "
+                      "the same cell may be counted again or missed. Move the stage more slowly or raise the frame rate.")
 
 
 class StopFlag:
@@ -184,28 +195,46 @@ class StopFlag:
 def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, *, count_target: int | None = None,
                 blur_threshold: float | None = None, count_edge_cells: bool | None = None,
                 stop: StopFlag | None = None, on_frame: Callable[[object, list, list], None] | None = None,
-                shift_monitor: ShiftMonitor | None = None) -> SessionResult:
+                shift_monitor: ShiftMonitor | None = None,
+                on_warning: Callable[[str], None] | None = None) -> SessionResult:
     """Capture until the source ends, the count is reached, or a stop; every counted cell is recorded as it goes.
 
     `shift_monitor` (from `pipeline.new_monitor()`) gets the OOD score of every counted cell.
+
+    A frame that cannot be used (the source skipped it, or locating/classifying it
+    failed on its pixels) is recorded as a skipped frame with its reason, and the run
+    goes on. On a stream, consecutive frames whose motion cannot be measured (no
+    overlap) are recorded as `no-overlap` warnings; `on_warning` hears the first of each
+    series.
     """
     stop = StopFlag() if stop is None else stop
     timer = pipeline.timer
     labels: list[str] = []
-    seen = blurred_frames = 0
+    seen = blurred_frames = skipped = no_overlap = 0
+    in_gap = False
     reason, error = "source ended", None
     edge_ok = (not source.is_stream) if count_edge_cells is None else count_edge_cells
     t_start = time.perf_counter()
     it = iter(source)
+
+    def record_skipped() -> int:
+        taken = source.take_skipped() if hasattr(source, "take_skipped") else []
+        for s in taken:
+            recorder.add_skipped(s.name, s.reason)
+        return len(taken)
+
     while not stop:
         t0 = time.perf_counter()
         try:
             frame = next(it)
         except StopIteration:
+            skipped += record_skipped()
             break
         except CameraLostError as exc:
+            skipped += record_skipped()
             reason, error = "camera lost", str(exc)
             break
+        skipped += record_skipped()
         t1 = time.perf_counter()
         timer.add("decode", t1 - t0)
         seen += 1
@@ -215,9 +244,24 @@ def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, 
             score = focus_score(frame.image)
             is_blurred = score < blur_threshold
         timer.add("focus", time.perf_counter() - t1)
-        cells = [] if is_blurred else pipeline.analyse(frame.image)
+        try:
+            cells = [] if is_blurred else pipeline.analyse(frame.image)
+        except (ValueError, cv2.error) as exc:  # pixels the locator or the model cannot take: skip the frame
+            recorder.add_skipped(frame.name, f"could not be analysed ({error_line(exc)})")
+            skipped += 1
+            seen -= 1  # counted as skipped, not as seen
+            continue
         t2 = time.perf_counter()
         statuses = tracker.update(frame.image, [(*c.box.center, c.box.diameter) for c in cells]) if cells or tracker.tracking else []
+        motion = getattr(tracker, "last_motion", None) if source.is_stream else None
+        if motion is not None and not motion.used:
+            no_overlap += 1
+            recorder.add_warning(NO_OVERLAP, NO_OVERLAP_WARNING, frame.index)
+            if not in_gap and on_warning:
+                on_warning(f"frame {frame.index}: {NO_OVERLAP_WARNING}")
+            in_gap = True
+        elif motion is not None:
+            in_gap = False
         counted = []
         for cell, status in zip(cells, statuses):
             if str(status) != "new" or (cell.box.touches_edge and not edge_ok):
@@ -242,4 +286,5 @@ def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, 
     if stop:
         reason = stop.reason
     return SessionResult(labels, seen, blurred_frames, reason, timer.summary(time.perf_counter() - t_start), error,
-                         shift_monitor.state() if shift_monitor is not None else None)
+                         shift_monitor.state() if shift_monitor is not None else None,
+                         frames_skipped=skipped, no_overlap_frames=no_overlap)

@@ -1,8 +1,11 @@
 """The run folder: every counted cell as a database row and a crop, safe against crashes.
 
 Layout of a run folder:
-    cells.db        SQLite (WAL journal): tables meta, frames, cells
-    crops/          one JPEG per counted cell, named <frame>_<n>_<label>.jpg
+    cells.db        SQLite (WAL journal): tables meta, frames, cells, skipped_frames,
+                    warnings, raw_names (schema version 3)
+    crops/          one JPEG per counted cell, named <frame>_<n>_<label>.jpg, at most
+                    MAX_CROP_SIDE pixels on a side (about 7 KB each; see docs/limits.md)
+    .session.lock   held (flock) while a session writes the folder
     (report.py adds differential.json, differential.csv, report.html)
 
 Each frame is one transaction: `add_cell` calls for a frame are committed together
@@ -12,6 +15,12 @@ commits) and never corrupts the database. A crop is written before its row is
 committed, so after a crash a crop file may exist without a row (harmless); crops
 are not fsynced, so after a power cut a recent row may point at a missing or empty
 crop (the report shows a placeholder).
+
+A session holds an exclusive lock on `.session.lock` from the first check to `close()`,
+so a second session on the same folder (another process, or a second `Recorder` in
+this one) is refused with `OutputError` however the two are timed; the lock goes with
+the process, so a killed session leaves no stale lock. File names that are not valid
+UTF-8 are stored as text with \\xNN escapes, and their exact bytes in `raw_names`.
 
 `Recorder(run_dir)` checks that the folder can be created and written (a probe file
 is written and fsynced) and that the disk has room, before any frame is captured, and
@@ -35,10 +44,18 @@ import cv2
 import numpy as np
 
 from wbcedge.errors import InputFileMissingError, OutputFolderError
+from wbcedge.imagefile import display_name, is_utf8_name
+
+try:
+    import fcntl
+except ImportError:  # Windows: an exclusive-create lock file instead
+    fcntl = None
 
 DB_FILE = "cells.db"
 CROPS_DIR = "crops"
-SCHEMA_VERSION = 2  # 2: cells.ood_score (the domain-shift score); version-1 databases still read
+LOCK_FILE = ".session.lock"
+SCHEMA_VERSION = 3  # 2: cells.ood_score (the domain-shift score); 3: skipped_frames, warnings, raw_names; older still read
+MAX_CROP_SIDE = 224   # px: above the model inputs (128-160 px), enough to review a cell by eye; ~7 KB as JPEG q90
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -66,6 +83,23 @@ CREATE TABLE IF NOT EXISTS cells (
     ood_score    REAL                   -- domain-shift score (wbcedge.device.shift); NULL: check off
 );
 CREATE INDEX IF NOT EXISTS cells_label ON cells(label);
+CREATE TABLE IF NOT EXISTS skipped_frames (         -- schema 3: frames that could not be used
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    frame_name   TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    time         REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS warnings (               -- schema 3: e.g. stream frames that share no overlap
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    frame_index  INTEGER,
+    kind         TEXT NOT NULL,
+    message      TEXT NOT NULL,
+    time         REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS raw_names (              -- schema 3: exact bytes of names that are not UTF-8
+    display      TEXT PRIMARY KEY,                  -- the name as stored elsewhere, with \\xNN escapes
+    raw          BLOB NOT NULL
+);
 """
 
 
@@ -90,6 +124,23 @@ class CellRow:
 
 
 @dataclass(frozen=True)
+class SkippedRow:
+    id: int
+    frame_name: str
+    reason: str
+    time: float
+
+
+@dataclass(frozen=True)
+class WarningRow:
+    id: int
+    frame_index: int | None
+    kind: str
+    message: str
+    time: float
+
+
+@dataclass(frozen=True)
 class FrameRow:
     frame_index: int
     frame_name: str
@@ -110,15 +161,18 @@ class Recorder:
     """Writes one run folder. Single writer; use it as a context manager or call close()."""
 
     def __init__(self, run_dir: Path | str, min_free_mb: float = 50.0, stop_free_mb: float = 10.0,
-                 jpeg_quality: int = 90, synchronous: str = "NORMAL"):
+                 jpeg_quality: int = 90, synchronous: str = "NORMAL", max_crop_side: int = MAX_CROP_SIDE):
         self.run_dir = Path(run_dir)
         self.crops_dir = self.run_dir / CROPS_DIR
         self.db_path = self.run_dir / DB_FILE
         self.min_free_mb = min_free_mb
         self.stop_free_mb = stop_free_mb
         self.jpeg_quality = int(jpeg_quality)
+        self.max_crop_side = int(max_crop_side)
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
+        self._lock_fd: int | None = None
+        self._closed = True
         self._check_folder()
         try:
             self._db = sqlite3.connect(str(self.db_path), isolation_level=None, check_same_thread=False, timeout=10)
@@ -126,6 +180,7 @@ class Recorder:
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
+            self._release_lock()
             raise OutputError(f"cannot create the run database {self.db_path}: {exc}. "
                               f"Choose another output folder on a local disk.") from None
         self._in_frame: int | None = None       # frame index of the open transaction
@@ -141,9 +196,52 @@ class Recorder:
         d = self.run_dir
         if d.exists() and not d.is_dir():
             raise OutputError(f"the output path {d} is a file, not a folder: choose a folder path for the run")
-        if (d / DB_FILE).exists():
-            raise OutputError(f"{d} already holds a recorded run ({DB_FILE}); choose a new output folder "
-                              f"so the earlier run is not mixed with this one")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the run folder {d}: {exc.strerror or exc}. "
+                              f"Choose an output folder you can write to (e.g. under your home folder).") from None
+        self._take_lock()
+        try:
+            if (d / DB_FILE).exists():
+                raise OutputError(f"{d} already holds a recorded run ({DB_FILE}); choose a new output folder "
+                                  f"so the earlier run is not mixed with this one")
+            self._check_writable()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _take_lock(self) -> None:
+        """Hold `.session.lock` exclusively until close(); refuse if another session holds it."""
+        path = self.run_dir / LOCK_FILE
+        busy = OutputError(f"{self.run_dir} is in use by another counting session (it holds {path}); "
+                           f"wait for it to finish or choose another output folder")
+        try:
+            if fcntl is None:
+                self._lock_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                return
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        except FileExistsError:
+            raise busy from None
+        except OSError as exc:
+            raise OutputError(f"cannot write into the run folder {self.run_dir}: {exc.strerror or exc}. "
+                              f"Check the disk is mounted read-write and this user may write there.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise busy from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+            if fcntl is None:
+                (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
+
+    def _check_writable(self) -> None:
+        d = self.run_dir
         try:
             self.crops_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -184,10 +282,12 @@ class Recorder:
         box is (x0, y0, x1, y1) in frame pixels; crop_bgr (BGR uint8) is saved as a JPEG under crops/.
         """
         self._begin(frame_index)
+        frame_name = self._name(frame_name)
         crop_rel = None
         if crop_bgr is not None:
             name = f"{frame_index:06d}_{self._frame_cells:02d}_{_safe(label)}.jpg"
-            ok, data = cv2.imencode(".jpg", crop_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            ok, data = cv2.imencode(".jpg", bounded_crop(crop_bgr, self.max_crop_side),
+                                    [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             if not ok:
                 raise ValueError(f"could not encode the crop of a {label} in frame {frame_name} as JPEG "
                                  f"(shape {getattr(crop_bgr, 'shape', None)})")
@@ -219,6 +319,7 @@ class Recorder:
         so the record shows what was seen.
         """
         self._begin(frame_index)
+        frame_name = self._name(frame_name)
         self._execute("INSERT OR REPLACE INTO frames(frame_index, frame_name, time, focus, blurred, cells, note) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
                       (int(frame_index), frame_name, time.time() if time_s is None else float(time_s),
@@ -230,6 +331,24 @@ class Recorder:
             raise OutputError(f"the disk holding {self.run_dir} has only {free_mb:.0f} MB left; stopped recording "
                               f"after frame {frame_name or frame_index} so the records stay intact. "
                               f"Free some space, then start a new run.")
+
+    def add_skipped(self, frame_name: str, reason: str, time_s: float | None = None) -> None:
+        """Record a frame that could not be used (unreadable, too large, too small) and why."""
+        self._execute("INSERT INTO skipped_frames(frame_name, reason, time) VALUES (?, ?, ?)",
+                      (self._name(frame_name), display_name(reason), time.time() if time_s is None else float(time_s)))
+
+    def add_warning(self, kind: str, message: str, frame_index: int | None = None) -> None:
+        """Record something the user should know about the run (e.g. `no-overlap` on a stream)."""
+        self._execute("INSERT INTO warnings(frame_index, kind, message, time) VALUES (?, ?, ?, ?)",
+                      (None if frame_index is None else int(frame_index), kind, display_name(message), time.time()))
+
+    def _name(self, name: str) -> str:
+        """A name as stored: itself when it is UTF-8, else \\xNN-escaped text with its exact bytes in raw_names."""
+        if is_utf8_name(name):
+            return name
+        shown = display_name(name)
+        self._execute("INSERT OR IGNORE INTO raw_names(display, raw) VALUES (?, ?)", (shown, os.fsencode(name)))
+        return shown
 
     def rollback_frame(self) -> None:
         """Drop the current frame's cells (e.g. the frame turned out unusable)."""
@@ -299,12 +418,22 @@ class Recorder:
         finally:
             self._db.close()
             self._closed = True
+            self._release_lock()
 
     def __enter__(self) -> "Recorder":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(finished=exc_type is None)
+
+
+def bounded_crop(crop_bgr: np.ndarray, max_side: int = MAX_CROP_SIDE) -> np.ndarray:
+    """The crop shrunk (INTER_AREA) so neither side exceeds `max_side`; smaller crops are kept as they are."""
+    h, w = crop_bgr.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return crop_bgr
+    return cv2.resize(crop_bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -345,6 +474,30 @@ def read_meta(run_dir: Path | str) -> dict[str, Any]:
     db = open_run(run_dir)
     try:
         return _meta(db)
+    finally:
+        db.close()
+
+
+def read_skipped(run_dir: Path | str) -> list[SkippedRow]:
+    """Skipped frames with their reasons (empty for a schema-1 run folder)."""
+    return _optional_rows(run_dir, "SELECT id, frame_name, reason, time FROM skipped_frames ORDER BY id", SkippedRow)
+
+
+def read_warnings(run_dir: Path | str) -> list[WarningRow]:
+    return _optional_rows(run_dir, "SELECT id, frame_index, kind, message, time FROM warnings ORDER BY id", WarningRow)
+
+
+def read_raw_names(run_dir: Path | str) -> dict[str, bytes]:
+    """Stored display name -> the exact bytes of the original file name (only names that are not UTF-8)."""
+    return dict(_optional_rows(run_dir, "SELECT display, raw FROM raw_names", lambda d, r: (d, bytes(r))))
+
+
+def _optional_rows(run_dir: Path | str, sql: str, make) -> list:
+    db = open_run(run_dir)
+    try:
+        return [make(*r) for r in db.execute(sql)]
+    except sqlite3.OperationalError:  # a table added by a later schema version
+        return []
     finally:
         db.close()
 

@@ -11,6 +11,11 @@
                         images are linked relatively (crops/...), so keep the folder together.
 `format_differential(diff)` renders the same table for the terminal (rich).
 Files are written to a temporary name and renamed, so a crash never leaves half a report.
+Frames the run skipped are summed up in one line ("3 frames skipped: ..."), in the
+HTML page and in the JSON. CSV cells that a spreadsheet would run as a formula
+(starting with =, +, -, @, tab or carriage return) are prefixed with a quote.
+`rebuild_outputs(run_dir)` writes all three again from the database alone, e.g. after
+a session was killed (`wbcedge report SESSION_DIR`).
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from wbcedge.device.banner import banners
-from wbcedge.device.records import DB_FILE, CellRow, OutputError, read_cells
+from wbcedge.device.records import (DB_FILE, CellRow, OutputError, SkippedRow, read_cells, read_frames, read_meta,
+                                    read_skipped, read_warnings)
 from wbcedge.device.shift import alarm_message
+from wbcedge.imagefile import display_name
 from wbcedge.jsonable import to_jsonable
 
 JSON_FILE = "differential.json"
@@ -59,8 +67,15 @@ def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Ma
     meta = dict(meta or {})
     try:
         cells = read_cells(run_dir)
+        skipped = read_skipped(run_dir)
+        no_overlap = sum(1 for w in read_warnings(run_dir) if w.kind == "no-overlap")
     except FileNotFoundError:
-        cells = []  # a differential without a recorded run (e.g. from labels only): no gallery
+        cells, skipped, no_overlap = [], [], 0  # a differential without a recorded run: no gallery
+    if skipped:
+        meta["skipped_frames"] = len(skipped)
+        meta["skipped_summary"] = skipped_line(skipped)
+    if no_overlap:
+        meta["no_overlap_frames"] = no_overlap
     paths = {"json": run_dir / JSON_FILE, "csv": run_dir / CSV_FILE, "html": run_dir / HTML_FILE}
     model_labels = {c.id: c.label for c in cells} if reviewed_labels else {}
     if reviewed_labels:
@@ -85,12 +100,52 @@ def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Ma
     return paths
 
 
+def skipped_line(skipped: list[SkippedRow], examples: int = 3) -> str:
+    """'3 frames skipped: a.png (empty file); b.png (...); ...' for the report and the terminal."""
+    n = len(skipped)
+    shown = "; ".join(f"{s.frame_name} ({s.reason})" for s in skipped[:examples])
+    more = f"; and {n - examples} more (table skipped_frames in {DB_FILE})" if n > examples else ""
+    return f"{n} frame{'s' * (n != 1)} skipped: {shown}{more}"
+
+
+def rebuild_outputs(run_dir: Path | str, reference: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """differential.json/.csv and report.html again, from the session database alone (an interrupted session too)."""
+    from wbcedge.device.differential import ADULT_REFERENCE, differential, load_reference
+    from wbcedge.device.pipeline import UNIDENTIFIED
+    from wbcedge.labels import CLASSES
+
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    cells = read_cells(run_dir)
+    classes = meta.get("classes") or list(CLASSES)
+    classes = list(classes) + sorted({c.label for c in cells} - set(classes) - {UNIDENTIFIED})
+    if reference is None:
+        ref_path = meta.get("reference")
+        reference = load_reference(ref_path) if ref_path and Path(ref_path).is_file() else ADULT_REFERENCE
+    diff = differential([c.label for c in cells], classes, reference=reference)
+    if "finished_at" not in meta:
+        meta.setdefault("stop_reason", "interrupted (no finished_at): rebuilt from the database")
+    meta["rebuilt_from_database"] = True
+    meta["frames"] = meta.get("frames") or len(read_frames(run_dir))
+    return write_outputs(run_dir, diff, meta)
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ tab or CR gets a leading quote (OWASP)."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def differential_csv(diff: Mapping[str, Any], review: Mapping[str, Any] | None = None) -> str:
     """One row per type; after a review sign-off `diff` is the reviewed differential and the rows gain the
     model's count and percent, the cells both agreed on and the model's recall against the reviewer,
     with a final cohen_kappa row."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = _SafeWriter(csv.writer(buf, lineterminator="\n"))
     model = review["model_differential"] if review else None
     per = review["agreement"]["per_label"] if review else {}
     writer.writerow(CSV_FIELDS + (REVIEW_CSV_FIELDS if review else ()))
@@ -126,6 +181,16 @@ def _times100(v: float | None) -> float | None:
     return None if v is None else 100.0 * v
 
 
+class _SafeWriter:
+    def __init__(self, writer):
+        self._writer = writer
+
+    def writerow(self, row) -> None:
+        # A bare CR inside a cell would start a new row for most readers: it becomes a space after the check.
+        self._writer.writerow([csv_safe(display_name(v)).replace("\r", " ").replace("\n", " ")
+                               if isinstance(v, str) else v for v in row])
+
+
 def format_differential(diff: Mapping[str, Any]) -> Table:
     """The differential as a rich table for the terminal."""
     level = diff.get("level", 0.95)
@@ -140,11 +205,11 @@ def format_differential(diff: Mapping[str, Any]) -> Table:
         t = diff["types"][cls]
         flag = t["flag"]
         style = {"low": "bold yellow", "high": "bold red"}.get(flag, "")
-        table.add_row(cls, str(t["count"]), _pct(t["percent"]), _ci(t), _ref(t),
+        table.add_row(escape(cls), str(t["count"]), _pct(t["percent"]), _ci(t), _ref(t),
                       f"[{style}]{flag.upper()}[/]" if flag else "")
     table.add_section()
     table.add_row("classified", str(diff["classified"]), "100.0" if diff["classified"] else "—", "", "", "")
-    table.add_row(f"{diff.get('unidentified_label', 'unidentified')} (excluded)", str(diff["unidentified"]),
+    table.add_row(f"{escape(diff.get('unidentified_label', 'unidentified'))} (excluded)", str(diff["unidentified"]),
                   "", "", "", "")
     return table
 
@@ -197,6 +262,11 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
     parts.append(f"<p>{e(_caption(diff))}</p>")
     if diff["classified"] and diff["classified"] < 100:
         parts.append("<p class=\"note\">A differential is usually based on at least 100 white cells.</p>")
+    if meta.get("skipped_summary"):
+        parts.append(f"<p class=\"note\">{e(display_name(str(meta['skipped_summary'])))}</p>")
+    if meta.get("no_overlap_frames"):
+        parts.append(f"<p class=\"note\">{meta['no_overlap_frames']} stream frame(s) shared no overlap with the one "
+                     "before: cells could not be matched across them, so some may be counted twice or missed.</p>")
 
     parts.append("<table><thead><tr><th>Type</th><th>Count</th><th>%</th>"
                  f"<th>{level * 100:g}% CI</th><th>Reference %</th><th>Flag</th></tr></thead><tbody>")
@@ -221,7 +291,7 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
     if meta:
         parts.append("<h2>Run</h2><table><tbody>")
         for key, value in meta.items():
-            parts.append(f"<tr><td>{e(str(key))}</td><td style=\"text-align:left\">{_html_value(value)}</td></tr>")
+            parts.append(f"<tr><td>{e(display_name(str(key)))}</td><td style=\"text-align:left\">{_html_value(value)}</td></tr>")
         parts.append("</tbody></table>")
 
     parts.append("<h2>Cells</h2>")
@@ -239,7 +309,7 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
         parts.append(f"<h3 id=\"{e(label)}\">{e(label)} — {len(group)} cell{'s' * (len(group) != 1)}"
                      f"{more} (least confident first)</h3><div class=\"gallery\">")
         for c in shown:
-            caption = f"{c.confidence:.2f} · {c.frame_name}"
+            caption = f"{c.confidence:.2f} · {display_name(c.frame_name)}"
             was = (model_labels or {}).get(c.id)
             if was and was != c.label:
                 caption += f" · model: {was}"
@@ -288,8 +358,8 @@ def _html_value(value: Any) -> str:
         rows = "".join(f"<tr><td>{e(str(k))}</td><td>{_html_value(v)}</td></tr>" for k, v in value.items())
         return f"<table><tbody>{rows}</tbody></table>"
     if isinstance(value, (list, tuple)):
-        return e(", ".join(_plain(v) for v in value)) or "—"
-    return e(_plain(value))
+        return e(display_name(", ".join(_plain(v) for v in value))) or "—"
+    return e(display_name(_plain(value)))
 
 
 def _plain(value: Any) -> str:

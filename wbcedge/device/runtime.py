@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wbcedge.bundle import BundleError, model_format_problem
 from wbcedge.errors import BundleFormatError, MissingDependencyError, ModelLoadError
 from wbcedge.quiet import XNNPACK_NOTICE, quiet_fds
 
@@ -58,6 +59,9 @@ class Classifier:
         if not self.path.is_file():
             raise BundleFormatError(f"{self.path}: model file not found; copy the bundle again from its source")
         self.backend = backend_of(self.path)
+        problem = model_format_problem(self.path, self.backend)
+        if problem:
+            raise BundleError(problem)
         self.threads = threads or min(4, os.cpu_count() or 1)
         init = self._init_tflite if self.backend == "tflite" else self._init_onnx
         try:
@@ -69,6 +73,18 @@ class Classifier:
                 f"{self.path}: the {self.backend} runtime cannot load this model file ({type(exc).__name__}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}). Re-export the bundle, or "
                 "install the runtime versions it was made with (see its manifest.json 'versions')") from exc
+
+    @property
+    def output_size(self) -> int | None:
+        """Number of classes the model outputs (None if the file leaves it open)."""
+        return self._output_size
+
+    def check_classes(self, classes: list[str]) -> None:
+        """Refuse a class list whose length differs from the model's output size."""
+        if self._output_size is not None and self._output_size != len(classes):
+            raise BundleError(f"{self.path} outputs {self._output_size} class scores but the bundle names "
+                              f"{len(classes)} classes ({', '.join(classes)}): the class list and the model "
+                              "disagree; re-export the bundle")
 
     # ---- TFLite
     def _init_tflite(self) -> None:
@@ -85,6 +101,7 @@ class Classifier:
         self._in_quant = inp["quantization"]
         self.input_size = int(inp["shape"][1])
         self.has_features = len(outs) > 1
+        self._output_size = int(outs[0]["shape"][-1]) if len(outs[0]["shape"]) else None  # the probabilities
 
     def _interpreter(self, batch: int):
         if batch not in self._interps:
@@ -142,8 +159,11 @@ class Classifier:
         self._in_name = inp.name
         self.input_dtype = np.dtype(np.uint8 if inp.type == "tensor(uint8)" else np.float32)
         self.input_size = int(inp.shape[1])
-        self._out_names = [o.name for o in _probs_first(self._session.get_outputs(), lambda o: o.shape[-1])]
+        outs = _probs_first(self._session.get_outputs(), lambda o: o.shape[-1])
+        self._out_names = [o.name for o in outs]
         self.has_features = len(self._out_names) > 1
+        last = outs[0].shape[-1] if outs[0].shape else None  # the probabilities
+        self._output_size = last if isinstance(last, int) else None
 
     def _run_onnx(self, batch: np.ndarray) -> list[np.ndarray]:
         return self._session.run(self._out_names, {self._in_name: batch.astype(self.input_dtype, copy=False)})

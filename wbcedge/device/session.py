@@ -23,10 +23,17 @@ from typing import Any, Callable
 
 from wbcedge.device.banner import CHECK_KEY
 from wbcedge.errors import InputDataError
+from wbcedge.imagefile import display_name
 
 SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "samples" / "frames"
 """Six real BCCD frames shipped with the package: the default source of `wbcedge run`."""
 SESSIONS_DIR = Path("runs")
+COUNT_RANGE = (1, 1_000_000)     # --count: cells to classify before stopping
+THREADS_RANGE = (1, 256)         # --threads: inference threads
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def default_session_dir(now: float | None = None) -> Path:
@@ -55,15 +62,19 @@ class CountOptions:
     port: int = 8765
 
     def __post_init__(self) -> None:
-        if self.count is not None and self.count <= 0:
-            raise InputDataError(f"--count {self.count}: give a positive number of cells, e.g. 100, 200 or 400")
-        if self.threads is not None and not 1 <= self.threads <= 256:
-            raise InputDataError(f"--threads {self.threads}: give a number of threads in [1, 256]")
+        lo, hi = COUNT_RANGE
+        if self.count is not None and not (_whole(self.count) and lo <= self.count <= hi):
+            raise InputDataError(f"--count {self.count!r}: give a whole number of cells in [{lo}, {hi}], "
+                                 "e.g. 100, 200 or 400")
+        lo, hi = THREADS_RANGE
+        if self.threads is not None and not (_whole(self.threads) and lo <= self.threads <= hi):
+            raise InputDataError(f"--threads {self.threads!r}: give a whole number of threads in [{lo}, {hi}]")
         if self.threshold is not None and not (isinstance(self.threshold, (int, float))
+                                               and not isinstance(self.threshold, bool)
                                                and not math.isnan(self.threshold) and 0.0 <= self.threshold <= 1.0):
-            raise InputDataError(f"--threshold {self.threshold}: give a confidence in [0, 1], e.g. 0.6")
-        if not 1 <= int(self.port) <= 65535:
-            raise InputDataError(f"--port {self.port}: give a port in [1, 65535], e.g. 8765")
+            raise InputDataError(f"--threshold {self.threshold!r}: give a confidence in [0, 1], e.g. 0.6")
+        if not (_whole(self.port) and 1 <= self.port <= 65535):
+            raise InputDataError(f"--port {self.port!r}: give a whole number port in [1, 65535], e.g. 8765")
         if self.backend is not None and self.backend not in ("tflite", "onnx"):
             raise InputDataError(f"--backend {self.backend}: choose tflite or onnx")
         if self.precision is not None and self.precision not in ("int8", "fp32"):
@@ -83,6 +94,7 @@ class CountResult:
     paths: dict = field(default_factory=dict)
     frames_seen: int | None = None
     frames_blurred: int | None = None
+    frames_skipped: int | None = None
     timing: dict | None = None
     stop_reason: str = ""
     error: str | None = None   # a lost camera or a failed disk; the session folder keeps what was recorded
@@ -101,8 +113,8 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
     from wbcedge.device.capture import CameraProfile, open_source
     from wbcedge.device.differential import ADULT_REFERENCE, differential, load_reference
     from wbcedge.device.pipeline import CellPipeline, StopFlag, run_session
-    from wbcedge.device.records import OutputError, Recorder, read_cells
-    from wbcedge.device.report import write_outputs
+    from wbcedge.device.records import OutputError, Recorder, read_cells, read_skipped
+    from wbcedge.device.report import skipped_line, write_outputs
     from wbcedge.device.shift import SHIFT_OFF
     from wbcedge.device.track import CellTracker
 
@@ -129,13 +141,15 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
     meta: dict[str, Any] = {
         "source": getattr(src, "label", src_arg), "builtin_samples": opts.builtin_samples,
         "bundle": str(bundle.path), "model_file": pipeline.model_entry["file"], "threshold": pipeline.threshold,
+        "classes": bundle.classes, "reference": str(opts.reference) if opts.reference else None,
         "profile": profile.to_dict() if profile else None, "count_target": opts.count, "single_cell": opts.single_cell,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         # the bundle's measured accuracy on another microscope, for the demo and shift banners
         CHECK_KEY: bundle.manifest.get(CHECK_KEY)}
     for k, v in meta.items():
         recorder.set_meta(k, v)
-    on_message(f"counting white cells from {meta['source']} with {bundle.path.name}/{pipeline.model_entry['file']} -> {out}")
+    on_message(f"counting white cells from {display_name(str(meta['source']))} with "
+               f"{bundle.path.name}/{pipeline.model_entry['file']} -> {out}")
     monitor = pipeline.new_monitor()
     if monitor is None:
         on_warning(SHIFT_OFF)
@@ -163,7 +177,7 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
             result = run_session(src, pipeline, recorder, CellTracker(tracking=src.is_stream), count_target=opts.count,
                                  blur_threshold=profile.focus_threshold if profile else None, stop=stop,
                                  on_frame=(lambda *a: [h(*a) for h in hooks]) if hooks else None,
-                                 shift_monitor=monitor)
+                                 shift_monitor=monitor, on_warning=on_warning)
     except OutputError as exc:
         error = str(exc)
     finally:
@@ -182,16 +196,23 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
                 scale_source=pipeline.scale_source or "not measured: no frame showed red cells that fit its "
                 "white cells, so each frame was sized on its own (give a camera profile with um_per_px)",
                 frames=result.frames_seen if result else None,
-                blurred_frames=result.frames_blurred if result else None, timing=result.timing if result else None)
+                blurred_frames=result.frames_blurred if result else None,
+                skipped_frames=result.frames_skipped if result else None,
+                no_overlap_frames=result.no_overlap_frames if result else None,
+                timing=result.timing if result else None)
     domain_shift = (monitor.state() if monitor is not None
                     else {"score": None, "threshold": None, "alarm": None, "cells": len(labels), "note": SHIFT_OFF})
     meta.update(temperature=pipeline.temperature)
     recorder.set_meta("stop_reason", stop_reason)
     recorder.set_meta("domain_shift", domain_shift)
     recorder.close(finished=error is None)
+    skipped = read_skipped(out)
+    if skipped:
+        meta.update(skipped_frames=len(skipped), skipped_summary=skipped_line(skipped))
     paths = write_outputs(out, diff, meta, domain_shift=domain_shift)
     return CountResult(session_dir=out, differential=diff, meta=meta, labels=labels, paths=paths,
                        frames_seen=result.frames_seen if result else None,
                        frames_blurred=result.frames_blurred if result else None,
+                       frames_skipped=result.frames_skipped if result else None,
                        timing=result.timing if result else None, stop_reason=stop_reason, error=error, server=server,
                        domain_shift=domain_shift)
