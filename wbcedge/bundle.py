@@ -64,7 +64,7 @@ def write_manifest(folder: Path, meta: dict) -> dict:
     return manifest
 
 
-def read_manifest(folder: Path) -> dict:
+def read_manifest(folder: Path, check_version: bool = True) -> dict:
     """manifest.json of a bundle folder, checked against the schema (`wbcedge.bundle_schema`); BundleError if not."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
@@ -80,13 +80,20 @@ def read_manifest(folder: Path) -> dict:
         validate_manifest(manifest, str(path))
     except BundleFormatError as exc:
         raise BundleError(str(exc)) from None
-    version = manifest["format_version"]
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format version {version!r}; this wbcedge reads version {FORMAT_VERSION}: "
-                          "re-export the bundle with this wbcedge, or install the wbcedge that made it")
+    problem = version_problem(manifest, path)
+    if check_version and problem:
+        raise BundleError(problem)
     for name in manifest["files"]:
         safe_member(folder, name)
     return manifest
+
+
+def version_problem(manifest: dict, path: Path) -> str | None:
+    version = manifest["format_version"]
+    if version == FORMAT_VERSION:
+        return None
+    return (f"{path}: bundle format version {version!r}; this wbcedge reads version {FORMAT_VERSION}: "
+            "re-export the bundle with this wbcedge, or install the wbcedge that made it")
 
 
 def safe_member(folder: Path, name: str) -> Path:
@@ -112,10 +119,10 @@ def model_format_problem(path: Path, backend: str) -> str | None:
     is_tflite = head[4:8] == b"TFL3"
     if backend == "tflite" and not is_tflite:
         what = "ONNX (protobuf) bytes" if head[:1] == b"\x08" else "not a TFLite model (no TFL3 identifier)"
-        return f"{path} is declared TFLite but holds {what}: re-export the bundle"
+        return f"{path}: cannot load this model file: it is declared TFLite but holds {what}; re-export the bundle"
     if backend == "onnx" and (is_tflite or head[:1] != b"\x08"):
         what = "TFLite bytes (TFL3 identifier)" if is_tflite else "bytes that do not start an ONNX protobuf"
-        return f"{path} is declared ONNX but holds {what}: re-export the bundle"
+        return f"{path}: cannot load this model file: it is declared ONNX but holds {what}; re-export the bundle"
     return None
 
 
@@ -124,10 +131,10 @@ def verify_bundle(folder: Path) -> list[str]:
     folder = Path(folder)
     path = folder / MANIFEST
     try:
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, check_version=False)
     except BundleFormatError as exc:
         return [str(exc)]
-    problems = []
+    problems = [p for p in [version_problem(manifest, path)] if p]
     listed = manifest["files"]
     for name, digest in sorted(listed.items()):
         file = folder / name

@@ -1,6 +1,8 @@
 """The bundle manifest's schema (pydantic), checked before anything of a bundle is loaded.
 
-Policy for keys: every key listed here is validated (type, allowed values, ranges);
+The preprocessing spec is checked by `PreprocessSpec` itself (one place for its ranges:
+input_size 16..1024, cell_fraction in (0, 1), crop_um > 0, known interpolation and
+colour order). Policy for keys: every key listed here is validated (type, allowed values, ranges);
 keys this wbcedge does not know are kept as they are (`extra="allow"`), at the top
 level and in each model entry, so a newer exporter can add fields (reference
 statistics for a shift alarm, a parent-bundle hash, ...) without breaking an older
@@ -20,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wbcedge.errors import BundleFormatError
-from wbcedge.preprocess import COLOR_ORDERS, INPUT_DTYPES, INPUT_SIZE_RANGE
+from wbcedge.preprocess import PreprocessSpec
 
 FORMAT = "wbcedge-bundle"
 BACKENDS = ("tflite", "onnx")
@@ -50,17 +52,6 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
 
-class PreprocessFields(BaseModel):
-    """The preprocessing spec as the manifest stores it (ranges as in `wbcedge.preprocess`)."""
-    model_config = ConfigDict(extra="forbid", strict=True)
-    input_size: int = Field(ge=INPUT_SIZE_RANGE[0], le=INPUT_SIZE_RANGE[1])
-    color_order: Literal[COLOR_ORDERS] = "RGB"  # type: ignore[valid-type]
-    input_dtype: Literal[INPUT_DTYPES] = "uint8"  # type: ignore[valid-type]
-    interpolation: Literal["area", "linear", "cubic"] = "area"
-    cell_fraction: float = Field(gt=0.0, lt=1.0, allow_inf_nan=False)
-    crop_um: float | None = Field(default=None, gt=0.0, lt=1e4, allow_inf_nan=False)
-
-
 class ModelEntry(_Open):
     file: str
     backend: Literal[BACKENDS]  # type: ignore[valid-type]
@@ -86,7 +77,7 @@ class BundleManifest(_Open):
     format_version: int = Field(ge=1)
     created: str | None = None
     classes: list[str] = Field(min_length=2, max_length=1000)
-    preprocess: PreprocessFields
+    preprocess: dict[str, Any]
     confidence_threshold: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
     models: list[ModelEntry] = Field(min_length=1)
     default_model: str | None = None
@@ -98,6 +89,12 @@ class BundleManifest(_Open):
     def _classes(cls, v: list[str]) -> list[str]:
         if any(not c.strip() for c in v) or len(set(v)) != len(v):
             raise ValueError("class names must be non-empty and distinct")
+        return v
+
+    @field_validator("preprocess")
+    @classmethod
+    def _preprocess(cls, v: dict[str, Any]) -> dict[str, Any]:
+        PreprocessSpec.from_dict(v)  # the spec's own ranges: input_size 16..1024, cell_fraction in (0, 1), ...
         return v
 
     @field_validator("files")
@@ -120,11 +117,18 @@ class BundleManifest(_Open):
         return self
 
 
+REQUIRED_KEYS = {"classes": list, "preprocess": dict, "models": list, "files": dict}
+
+
 def validate_manifest(data: Any, where: str = "manifest.json") -> BundleManifest:
     """A parsed manifest.json as a `BundleManifest`, or a BundleFormatError with one line per problem."""
     if not isinstance(data, dict):
-        raise BundleFormatError(f"{where}: expected a JSON object, got {type(data).__name__}; "
-                                "this is not a wbcedge bundle manifest (re-export the bundle)")
+        raise BundleFormatError(f"{where} holds a {type(data).__name__}, not a bundle manifest (a JSON object): "
+                                "copy the bundle again from its source")
+    wrong = [f"'{k}' ({t.__name__})" for k, t in REQUIRED_KEYS.items() if not isinstance(data.get(k), t)]
+    if wrong:
+        raise BundleFormatError(f"{where} lacks or has malformed {', '.join(wrong)}: re-export the bundle with "
+                                "`wbcedge export RUN --int8`")
     try:
         return BundleManifest.model_validate(data)
     except ValidationError as exc:

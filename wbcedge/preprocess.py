@@ -194,12 +194,12 @@ def crop_around_cell(frame_bgr: np.ndarray, box: tuple[int, int, int, int], spec
     return square_window(frame_bgr, (x0 + x1) / 2.0, (y0 + y1) / 2.0, side)
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, min_side: int = 1) -> np.ndarray:
     """Read an image file as 8-bit BGR, or raise ImageRejected (a ValueError) naming the file and the problem.
 
     The header is checked against the pixel budget before decoding (`wbcedge.imagefile`).
     """
-    data = np.frombuffer(read_checked(Path(path)), dtype=np.uint8)
+    data = np.frombuffer(read_checked(Path(path), min_side=min_side), dtype=np.uint8)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:

@@ -143,7 +143,7 @@ def test_model_bytes_that_are_not_the_declared_format_are_named(bundle_copy, tar
     _edit(bundle_copy, lambda m: None)
     problems = verify_bundle(bundle_copy)
     assert any(target in p and f"declared {declared}" in p for p in problems)
-    with pytest.raises(BundleError, match=f"{target} is declared {declared}"):
+    with pytest.raises(BundleFormatError, match=f"{target}: cannot load this model file: it is declared {declared}"):
         Classifier(bundle_copy / target)
 
 

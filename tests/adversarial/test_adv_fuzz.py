@@ -68,7 +68,8 @@ def test_a_mutated_bundle_manifest_validates_or_is_a_bundle_error(manifest):
     except WbcedgeError:
         return
     assert isinstance(parsed, BundleManifest)
-    assert 16 <= parsed.preprocess.input_size <= 1024 and 0 < parsed.preprocess.cell_fraction < 1
+    spec = PreprocessSpec.from_dict(parsed.preprocess)
+    assert 16 <= spec.input_size <= 1024 and 0 < spec.cell_fraction < 1
     assert 0.0 <= parsed.confidence_threshold <= 1.0
 
 

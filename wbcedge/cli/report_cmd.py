@@ -13,10 +13,12 @@ from pathlib import Path
 import typer
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, write_json
+from wbcedge.cli.common import JSON_OPTION, console, examples, write_json
 
 
-@app.command("report", rich_help_panel="On the device (no TensorFlow)")
+@app.command("report", rich_help_panel="On the device (no TensorFlow)", epilog=examples(
+        "wbcedge report runs/session-20261201-101500        # after a crash, a kill or a power cut",
+        "wbcedge report runs/session-20261201-101500 --reference lab-ranges.toml"))
 def report_cmd(
     session_dir: Path = typer.Argument(..., help="A session folder written by `wbcedge run` (holds cells.db)."),
     reference: Path = typer.Option(None, "--reference", help="Reference ranges (.json/.toml); default: the session's, "

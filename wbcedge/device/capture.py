@@ -315,7 +315,7 @@ class ImageFilesSource(FrameSource):
             path = self.paths[self._pos]
             self._pos += 1
             try:
-                image = read_image(path)
+                image = read_image(path, min_side=MIN_SIDE)  # a frame must hold a cell
             except (ValueError, OSError) as exc:  # ImageRejected is a ValueError
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 self._skip(path.name, reason.removeprefix(f"{display_name(path)}: "))

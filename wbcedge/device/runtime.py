@@ -61,7 +61,7 @@ class Classifier:
         self.backend = backend_of(self.path)
         problem = model_format_problem(self.path, self.backend)
         if problem:
-            raise BundleError(problem)
+            raise ModelLoadError(problem)
         self.threads = threads or min(4, os.cpu_count() or 1)
         init = self._init_tflite if self.backend == "tflite" else self._init_onnx
         try:
