@@ -183,7 +183,7 @@ def test_single_cell_images_are_recut_to_the_trained_scale_or_classified_as_give
     crops = sorted((REPO / "wbcedge" / "samples" / "pbc").glob("*/*.jpg"))
     tight = tighter_crop(read_image(crops[0]), 1.8)                 # the cell fills ~80 % of it
     blank = np.full((200, 210, 3), (225, 215, 210), np.uint8)
-    recorder = Recorder(tmp_path / "run")
+    recorder = Recorder(tmp_path / "run", max_crop_side=10_000)  # keep the crop as the model saw it (unbounded)
     pipeline = CellPipeline(load_bundle(), single_cell=True)
     result = run_session(StillImages([tight, blank]), pipeline, recorder, CellTracker(tracking=False))
     recorder.close(finished=True)
