@@ -24,8 +24,8 @@ from wbcedge.bundle import Bundle
 from wbcedge.device.capture import CameraLostError, FrameSource, focus_score
 from wbcedge.device.confidence import apply_temperature
 from wbcedge.device.locate import CellBox, LocatorConfig, estimate_um_per_px, locate_cells
-from wbcedge.device.runtime import Classifier
 from wbcedge.device.recrop import rescale_crop, single_cell_input
+from wbcedge.device.runtime import Classifier
 from wbcedge.device.shift import ShiftMonitor, ShiftReference
 from wbcedge.imagefile import error_line
 from wbcedge.preprocess import crop_around_cell, to_model_input

@@ -35,8 +35,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from wbcedge.device.banner import banners
-from wbcedge.device.records import (DB_FILE, CellRow, OutputError, SkippedRow, read_cells, read_frames, read_meta,
-                                    read_skipped, read_warnings)
+from wbcedge.device.records import (
+    DB_FILE,
+    CellRow,
+    OutputError,
+    SkippedRow,
+    read_cells,
+    read_frames,
+    read_meta,
+    read_skipped,
+    read_warnings,
+)
 from wbcedge.device.shift import alarm_message
 from wbcedge.imagefile import display_name
 from wbcedge.jsonable import to_jsonable
