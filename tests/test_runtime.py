@@ -35,12 +35,12 @@ def test_int8_tflite_takes_camera_pixels_as_they_are(int8, crops):
 
 
 def test_int8_output_is_dequantised_with_the_files_own_scale(int8, crops):
-    scale, zero = int8._out_quant
+    out_index, (scale, zero) = int8._outputs[0]  # the probabilities come first, the features (if any) after
     assert 0 < scale < 0.01  # 1/256 for a uint8 softmax
     interp = int8._interpreter(len(crops))
     interp.set_tensor(int8._in_index, crops)
     interp.invoke()
-    raw = interp.get_tensor(int8._out_index)
+    raw = interp.get_tensor(out_index)
     assert raw.dtype in (np.uint8, np.int8)
     probs = int8.predict(crops)
     assert probs.dtype == np.float32 and probs.shape == (len(crops), 5)
