@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wbcedge.preprocess import PreprocessSpec
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("residual_cnn", "mobilenet_v2", "inception_v3", "xception", "resnet50")
 MIN_SIZE = {"inception_v3": 75, "xception": 71}
@@ -183,7 +185,7 @@ def write_doc(doc: Path, block: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: all five)")
-    parser.add_argument("--size", type=int, default=128, help="input size (raised to a family's minimum)")
+    parser.add_argument("--size", type=int, default=PreprocessSpec.input_size, help="input size (raised to a family's minimum)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10, help="alternating fp32/int8 rounds")
     parser.add_argument("--runs", type=int, default=20, help="timed calls per precision per round")

@@ -21,8 +21,8 @@ from wbcedge.train.training import TrainConfig, train  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_run(sample_manifest, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(manifest=str(sample_manifest), model="residual_cnn", input_size=32, epochs=8,
-                      batch_size=8, learning_rate=3e-3, augment={}, seed=1, patience=20)
+    cfg = TrainConfig(manifest=str(sample_manifest), model="residual_cnn", preprocess={"input_size": 32}, epochs=8,
+                      batch_size=8, learning_rate=3e-3, augment_preset="none", seed=1, patience=20)
     summary = train(cfg, run_dir, progress=lambda m: None)
     return run_dir, summary
 
@@ -55,8 +55,8 @@ def test_reloaded_run_reproduces_its_recorded_validation_accuracy(tiny_run, samp
 
 def test_rerun_resumes_instead_of_starting_over(tiny_run, sample_manifest):
     run_dir, _ = tiny_run
-    cfg = TrainConfig(manifest=str(sample_manifest), model="residual_cnn", input_size=32, epochs=8,
-                      batch_size=8, augment={}, seed=1)
+    cfg = TrainConfig(manifest=str(sample_manifest), model="residual_cnn", preprocess={"input_size": 32}, epochs=8,
+                      batch_size=8, augment_preset="none", seed=1)
     train(cfg, run_dir, progress=lambda m: None)
     rows = list(csv.DictReader((run_dir / "history.csv").open()))
     assert len(rows) == 8  # a finished run has nothing left to do: no epochs appended
@@ -70,7 +70,7 @@ def test_manifest_without_val_split_is_refused(tmp_path, sample_manifest):
     path = tmp_path / "m.csv"
     write_manifest(records, path)
     with pytest.raises(ValueError, match="val"):
-        train(TrainConfig(manifest=str(path), model="residual_cnn", input_size=32, epochs=1), tmp_path / "r",
+        train(TrainConfig(manifest=str(path), model="residual_cnn", preprocess={"input_size": 32}, epochs=1), tmp_path / "r",
               progress=lambda m: None)
     assert not (tmp_path / "r").exists()  # a failed start leaves no empty run folder
 

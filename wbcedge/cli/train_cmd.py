@@ -47,12 +47,14 @@ def train_cmd(
     except (OSError, ValueError) as e:
         fail(f"cannot read config {config}: {e}")
     overrides = {k: v for k, v in dict(
-        manifest=str(manifest) if manifest else None, model=model, input_size=input_size, alpha=alpha,
+        manifest=str(manifest) if manifest else None, model=model, alpha=alpha,
         weights=weights, epochs=epochs, frozen_epochs=frozen_epochs, batch_size=batch_size,
         learning_rate=learning_rate, seed=seed, max_train_images=max_train_images).items() if v is not None}
     if weights_fallback:
         overrides["weights_fallback"] = True
     cfg = replace(cfg, **overrides)
+    if input_size is not None:
+        cfg = cfg.with_input_size(input_size)
     if not cfg.manifest:
         fail("no manifest: give MANIFEST (from `wbcedge data split`) or a --config that names one")
     summary = train(cfg, out, progress=lambda m: console.print(m, highlight=False))

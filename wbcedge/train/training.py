@@ -25,6 +25,7 @@ from wbcedge.labels import CLASSES, class_indices
 from wbcedge.preprocess import PreprocessSpec, load_inputs
 from wbcedge.provenance import file_sha256, package_versions
 from wbcedge.tomlfile import read_toml
+from wbcedge.train.augment import AugmentConfig, make_augment
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -33,8 +34,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 class TrainConfig:
     manifest: str = ""
     model: str = "mobilenet_v2"
-    input_size: int = 128
+    # The preprocessing spec (wbcedge.preprocess.PreprocessSpec fields) to change from the
+    # resolved defaults: the model family's, then the run folder the `weights` come from.
+    preprocess: dict = field(default_factory=dict)
     alpha: float = 1.0
+    norm: str = "batch"             # "batch" or "group" normalisation in backbone and head
     weights: str = "none"
     weights_fallback: bool = False
     dropout: float = 0.3
@@ -47,62 +51,60 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     class_weighting: bool = True    # inverse-frequency class weights
-    augment: dict = field(default_factory=lambda: dict(
-        flips=True, rot90=True, hue=0.04, saturation=0.25, brightness=0.15, contrast=0.25, blur=0.3))
+    augment_preset: str = "robust"  # wbcedge.train.augment: "robust" or "none"
+    augment: dict = field(default_factory=dict)  # AugmentConfig options to change from the preset
     patience: int = 6
     seed: int = 0
     deterministic: bool = False     # tf op determinism (slower)
     mixed_precision: str = "auto"   # auto = on when a GPU is visible
     jit_compile: str = "auto"       # XLA; auto = on when a GPU is visible
     max_train_images: int = 0       # 0 = all (small values are for tests)
-    cell_fraction: float = PreprocessSpec.cell_fraction  # located cell diameter / crop side in the training crops
-    crop_um: float | None = None    # training crop side in micrometres, if the data's scale is known
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         path = Path(path)
         data = read_toml(path) if path.suffix == ".toml" else json.loads(path.read_text())
+        try:
+            return cls.from_dict(data)
+        except InputDataError as e:
+            raise InputDataError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """A config from a TOML table or a run folder's config.json, old layouts included."""
+        data = dict(data)
+        for derived in ("model_options", "augment_resolved"):  # written beside the config in config.json
+            data.pop(derived, None)
+        flat = {k: data.pop(k) for k in _FLAT_SPEC_KEYS if k in data}
+        if flat:  # before the nested spec, these were top-level options
+            data["preprocess"] = {**flat, **data.get("preprocess", {})}
+        if "augment" in data and "augment_preset" not in data:
+            data["augment_preset"] = "none"  # an old config listed every augmentation it used
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise InputDataError(f"{path}: unknown training options {sorted(unknown)}; "
-                             f"known: {sorted(cls.__dataclass_fields__)}")
+            raise InputDataError(f"unknown training options {sorted(unknown)}; "
+                                 f"known: {sorted(cls.__dataclass_fields__)}")
+        AugmentConfig.from_dict(data.get("augment"), data.get("augment_preset", "robust"))  # fail early, not mid-run
         return cls(**data)
 
+    def with_input_size(self, size: int) -> "TrainConfig":
+        return replace(self, preprocess={**self.preprocess, "input_size": size})
 
-def _augment_fn(tf, cfg: dict, seed: int):
-    """Online augmentation on float 0-255 batches: geometry plus colour/stain jitter."""
-    def augment(images, labels):
-        x = images
-        if cfg.get("flips"):
-            x = tf.image.random_flip_left_right(x)
-            x = tf.image.random_flip_up_down(x)
-        if cfg.get("rot90"):
-            k = tf.random.uniform([], 0, 4, dtype=tf.int32)
-            x = tf.image.rot90(x, k)
-        x = x / 255.0
-        if cfg.get("hue"):
-            x = tf.image.random_hue(x, cfg["hue"])
-        if cfg.get("saturation"):
-            s = cfg["saturation"]
-            x = tf.image.random_saturation(x, 1 - s, 1 + s)
-        if cfg.get("brightness"):
-            x = tf.image.random_brightness(x, cfg["brightness"])
-        if cfg.get("contrast"):
-            c = cfg["contrast"]
-            x = tf.image.random_contrast(x, 1 - c, 1 + c)
-        if cfg.get("channel_gain"):
-            # per-image gains on R, G, B: another camera's white balance and another stain's tint
-            g = cfg["channel_gain"]
-            x = x * tf.random.uniform([tf.shape(x)[0], 1, 1, 3], 1 - g, 1 + g)
-        if cfg.get("gray"):
-            gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
-            x = tf.cond(tf.random.uniform([]) < cfg["gray"], lambda: gray, lambda: x)
-        if cfg.get("blur"):
-            # a 3x3 box blur on a random share of batches: out-of-focus frames on the device
-            blurred = tf.nn.avg_pool2d(x, 3, 1, "SAME")
-            x = tf.cond(tf.random.uniform([]) < cfg["blur"], lambda: blurred, lambda: x)
-        return tf.clip_by_value(x, 0.0, 1.0) * 255.0, labels
-    return augment
+
+_FLAT_SPEC_KEYS = ("input_size", "cell_fraction", "crop_um")
+
+
+def resolve_spec(cfg: TrainConfig) -> PreprocessSpec:
+    """The run's preprocessing spec: the model family's defaults, then the spec of the run folder
+    the warm-start `weights` come from (so a fine-tune sees what its start saw), then `cfg.preprocess`."""
+    from wbcedge.train.models import default_preprocess
+
+    spec = default_preprocess(cfg.model)
+    if cfg.weights not in ("none", "imagenet"):
+        folder = Path(cfg.weights).parent
+        if (folder / "preprocess.json").is_file():
+            spec = PreprocessSpec.load(folder)
+    return PreprocessSpec.from_dict({**spec.to_dict(), **cfg.preprocess})
 
 
 def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
@@ -127,8 +129,7 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
         keras.mixed_precision.set_global_policy("mixed_float16")
     jit = (cfg.jit_compile == "auto" and bool(gpus)) or cfg.jit_compile == "on"
 
-    spec = PreprocessSpec(input_size=cfg.input_size, cell_fraction=cfg.cell_fraction, crop_um=cfg.crop_um)
-    spec = spec_with_data_scale(spec, cfg.manifest, progress)
+    spec = spec_with_data_scale(resolve_spec(cfg), cfg.manifest, progress)
     records = read_manifest(Path(cfg.manifest))
     train_recs = [r for r in records if r.split == "train"]
     val_recs = [r for r in records if r.split == "val"]
@@ -137,17 +138,20 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     if cfg.max_train_images:
         rng = np.random.default_rng(cfg.seed)
         train_recs = [train_recs[i] for i in sorted(rng.permutation(len(train_recs))[:cfg.max_train_images])]
-    progress(f"decoding {len(train_recs)} train and {len(val_recs)} val images at {cfg.input_size}px")
+    progress(f"decoding {len(train_recs)} train and {len(val_recs)} val images at {spec.input_size}px")
     x_train, y_train = load_inputs([r.path for r in train_recs], spec), class_indices(r.label for r in train_recs)
     x_val, y_val = load_inputs([r.path for r in val_recs], spec), class_indices(r.label for r in val_recs)
 
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     batch = cfg.batch_size * strategy.num_replicas_in_sync
+    augment = make_augment(AugmentConfig.from_dict(cfg.augment, cfg.augment_preset), spec.cell_fraction)
+    step_seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
     train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
                 .shuffle(len(x_train), seed=cfg.seed, reshuffle_each_iteration=True)
-                .batch(batch)
-                .map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-                .map(_augment_fn(tf, cfg.augment, cfg.seed), num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(batch))
+    train_ds = (tf.data.Dataset.zip((train_ds, step_seeds))
+                .map(lambda xy, s: (tf.cast(xy[0], tf.float32), xy[1], s), num_parallel_calls=tf.data.AUTOTUNE)
+                .map(lambda x, y, s: (augment(x, s), y), num_parallel_calls=tf.data.AUTOTUNE)
                 .prefetch(tf.data.AUTOTUNE))
     val_ds = (tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch)
               .map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE))
@@ -157,8 +161,8 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
         counts = np.bincount(y_train, minlength=len(CLASSES)).astype(float)
         class_weight = {i: float(len(y_train) / (len(CLASSES) * c)) for i, c in enumerate(counts) if c > 0}
 
-    options = ModelOptions(name=cfg.model, input_size=cfg.input_size, alpha=cfg.alpha, weights=cfg.weights,
-                           weights_fallback=cfg.weights_fallback, dropout=cfg.dropout)
+    options = ModelOptions(name=cfg.model, preprocess=spec, alpha=cfg.alpha, weights=cfg.weights,
+                           weights_fallback=cfg.weights_fallback, dropout=cfg.dropout, norm=cfg.norm)
     with strategy.scope():
         model = create_model(options=options)
     backbone = backbone_of(model)
@@ -168,7 +172,10 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     spec.save(run_dir)
     (run_dir / "labels.json").write_text(json.dumps(list(CLASSES)) + "\n")
-    (run_dir / "config.json").write_text(json.dumps({**asdict(cfg), "model_options": options.to_dict()}, indent=2) + "\n")
+    (run_dir / "config.json").write_text(json.dumps({**asdict(cfg), "model_options": options.to_dict(),
+                                                     "augment_resolved": AugmentConfig.from_dict(
+                                                         cfg.augment, cfg.augment_preset).to_dict()},
+                                                    indent=2) + "\n")
     (run_dir / "manifest.sha256").write_text(file_sha256(Path(cfg.manifest)) + "\n")
     (run_dir / "versions.json").write_text(json.dumps(package_versions(), indent=2) + "\n")
 

@@ -10,6 +10,12 @@ Importing this package imports TensorFlow/Keras: training side only.
 
 from __future__ import annotations
 
-from wbcedge.train.models.registry import MODEL_NAMES, ModelOptions, create_model, set_batchnorm_momentum
+from wbcedge.train.models.registry import (
+    MODEL_NAMES,
+    ModelOptions,
+    create_model,
+    default_preprocess,
+    set_batchnorm_momentum,
+)
 
-__all__ = ["MODEL_NAMES", "ModelOptions", "create_model", "set_batchnorm_momentum"]
+__all__ = ["MODEL_NAMES", "ModelOptions", "create_model", "default_preprocess", "set_batchnorm_momentum"]

@@ -2,27 +2,51 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import keras
 
 from wbcedge.errors import InputDataError
 from wbcedge.labels import CLASSES
+from wbcedge.preprocess import PreprocessSpec
+
+# Each family's preprocessing defaults (like timm's pretrained configs): what a model of
+# that family expects when nothing else says. Data-dependent fields (cell_fraction,
+# crop_um) keep PreprocessSpec's own defaults unless a config or a run folder sets them.
+FAMILY_PREPROCESS: dict[str, dict] = {
+    "residual_cnn": {},
+    "mobilenet_v2": {},
+    "resnet50": {"input_size": 224},
+    "inception_v3": {"input_size": 299},
+    "xception": {"input_size": 299},
+}
+
+NORMS = ("batch", "group")
+
+
+def default_preprocess(family: str) -> PreprocessSpec:
+    """The preprocessing spec a model family expects unless told otherwise."""
+    return PreprocessSpec.from_dict({**PreprocessSpec().to_dict(), **FAMILY_PREPROCESS.get(family, {})})
 
 
 @dataclass(frozen=True)
 class ModelOptions:
     name: str = "mobilenet_v2"
-    input_size: int = 128
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     alpha: float = 1.0            # width multiplier (mobilenet_v2 only)
     weights: str = "none"         # "imagenet", "none" or a path to a .weights.h5 / .keras file
     weights_fallback: bool = False  # if ImageNet weights cannot be had, train from scratch instead of failing
     dropout: float = 0.3
     num_classes: int = len(CLASSES)
+    norm: str = "batch"           # "batch": BatchNormalization as Keras builds it; "group": GroupNormalization
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.input_size
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "preprocess": self.preprocess.to_dict()}
 
 
 _BUILDERS: dict[str, Callable[[ModelOptions], keras.Model]] = {}
@@ -39,14 +63,27 @@ def create_model(name: str | None = None, options: ModelOptions | None = None, *
     """Build a model by name with the paper's head; kwargs override `options` fields."""
     from wbcedge.train.models import applications, residual_cnn  # noqa: F401  (register the families)
 
-    opts = options or ModelOptions()
     if name is not None:
         kwargs["name"] = name
-    if kwargs:
-        opts = ModelOptions(**{**opts.to_dict(), **kwargs})
+    if options is None:
+        family = kwargs.get("name", ModelOptions.name)
+        options = ModelOptions(name=family, preprocess=default_preprocess(family))
+    spec = options.preprocess
+    if "input_size" in kwargs:  # a shortcut for the one spec field a model's shape depends on
+        spec = PreprocessSpec.from_dict({**spec.to_dict(), "input_size": kwargs.pop("input_size")})
+    opts = ModelOptions(**{**asdict(options), "preprocess": spec, **kwargs})
     if opts.name not in _BUILDERS:
         raise InputDataError(f"unknown model '{opts.name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
-    model = _BUILDERS[opts.name](opts)
+    if opts.norm not in NORMS:
+        raise InputDataError(f"unknown normalisation '{opts.norm}'; choose one of: {', '.join(NORMS)}")
+    if opts.norm == "group":  # build with BatchNorm, swap, then load GroupNorm weights if given
+        from wbcedge.train.models.groupnorm import to_group_norm
+        own_weights = opts.weights not in ("none", "imagenet")
+        model = to_group_norm(_BUILDERS[opts.name](replace(opts, weights="none") if own_weights else opts))
+        if own_weights:
+            model.load_weights(opts.weights)
+    else:
+        model = _BUILDERS[opts.name](opts)
     # Short training leaves BatchNorm moving statistics unsettled at Keras' 0.99/0.999
     # momentum and inference collapses to one class (docs/known-traps.md, trap 2).
     set_batchnorm_momentum(model, 0.9)
