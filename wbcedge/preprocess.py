@@ -50,6 +50,19 @@ class PreprocessSpec:
     # size, itself a clue to its type, looks as it did in training; else it falls back
     # to `cell_fraction`, which makes every cell look the same size.
     crop_um: float | None = None
+    # Optional Reinhard stain normalisation: each crop's CIELAB mean and standard deviation
+    # are moved to these (L, a, b means then L, a, b deviations of the training crops, from
+    # `stain_reference_of`), so another lab's stain looks like the training lab's.
+    # None (the default): crops go to the model as they are.
+    stain_reference: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stain_reference is not None:
+            ref = tuple(float(v) for v in self.stain_reference)
+            if len(ref) != 6 or min(ref[3:]) <= 0:
+                raise InputDataError(f"stain_reference needs 6 numbers (L, a, b means; L, a, b deviations > 0), "
+                                     f"got {self.stain_reference}: recompute it with stain_reference_of")
+            object.__setattr__(self, "stain_reference", ref)
 
     def __post_init__(self) -> None:
         lo, hi = INPUT_SIZE_RANGE
@@ -128,6 +141,8 @@ def to_model_input(crop_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     size = spec.input_size
     interp = _INTERPOLATION[spec.interpolation] if square.shape[0] > size else cv2.INTER_LINEAR
     resized = cv2.resize(square, (size, size), interpolation=interp)
+    if spec.stain_reference is not None:
+        resized = reinhard(resized, spec.stain_reference)
     if spec.color_order == "RGB":
         resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(resized)
@@ -174,6 +189,31 @@ def square_window(image_bgr: np.ndarray, cx: float, cy: float, side: int,
     if x1 > x0 and y1 > y0:
         out[y0 - top:y1 - top, x0 - left:x1 - left] = image_bgr[y0:y1, x0:x1]
     return out
+
+
+def _lab_stats(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lab = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB).reshape(-1, 3)
+    return lab.mean(0), lab.std(0)
+
+
+def reinhard(crop_bgr: np.ndarray, reference: tuple[float, ...]) -> np.ndarray:
+    """Reinhard colour transfer: the crop's CIELAB mean and deviation per channel set to `reference`."""
+    mean, std = _lab_stats(crop_bgr)
+    ref = np.asarray(reference, np.float32)
+    lab = cv2.cvtColor(crop_bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+    lab = (lab - mean) / np.maximum(std, 1e-3) * ref[3:] + ref[:3]
+    lab[..., 0] = np.clip(lab[..., 0], 0.0, 100.0)
+    bgr = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+    return np.clip(np.round(bgr * 255.0), 0, 255).astype(np.uint8)
+
+
+def stain_reference_of(crops_bgr) -> tuple[float, ...]:
+    """The Reinhard reference of a set of crops (the training crops, as BGR uint8 images):
+    the median over crops of each crop's CIELAB means and deviations."""
+    stats = np.array([np.concatenate(_lab_stats(c)) for c in crops_bgr])
+    if not len(stats):
+        raise InputDataError("no crops to compute a stain reference from")
+    return tuple(float(v) for v in np.median(stats, axis=0))
 
 
 def crop_around_cell(frame_bgr: np.ndarray, box: tuple[int, int, int, int], spec: PreprocessSpec,

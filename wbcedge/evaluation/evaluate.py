@@ -72,6 +72,13 @@ def evaluate_box_crops(predictor, frames_dir: Path, annotations_dir: Path, types
     Crops are cut as the runner cuts them: around the box, at the training crops'
     physical size when the scale can be measured from the red cells.
     """
+    x, y, names = box_crop_inputs(predictor.spec, frames_dir, annotations_dir, types_csv)
+    return y, predictor.predict_many(x), names
+
+
+def box_crop_inputs(spec: PreprocessSpec, frames_dir: Path, annotations_dir: Path,
+                    types_csv: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Model inputs, class indices and frame names of the single-cell frames' annotated WBC boxes."""
     from wbcedge.device.locate import estimate_um_per_px
     from wbcedge.evaluation.locate_eval import read_voc_boxes
     from wbcedge.preprocess import crop_around_cell
@@ -87,11 +94,11 @@ def evaluate_box_crops(predictor, frames_dir: Path, annotations_dir: Path, types
             continue
         image = read_image(image_path)
         scale = estimate_um_per_px([image])
-        inputs.append(to_model_input(crop_around_cell(image, boxes[0], predictor.spec, scale), predictor.spec))
+        inputs.append(to_model_input(crop_around_cell(image, boxes[0], spec, scale), spec))
         labels.append(label)
         names.append(name)
-    x = np.stack(inputs) if inputs else np.zeros((0, predictor.spec.input_size, predictor.spec.input_size, 3), np.uint8)
-    return class_indices(labels), predictor.predict_many(x), names
+    x = np.stack(inputs) if inputs else np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
+    return x, class_indices(labels), names
 
 
 def evaluate_frame_types(bundle_path: Path | None, frames_dir: Path, types_csv: Path, **pipeline_options) -> dict:
