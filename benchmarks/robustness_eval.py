@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--save-adapted", type=Path, default=None)
     args = ap.parse_args()
 
-    from wbcedge.train.bn_adapt import reestimate_batchnorm
+    from wbcedge.train.bn_adapt import reestimate_batchnorm, save_without_optimizer
     from wbcedge.train.run_folder import load_run
 
     records = read_manifest(args.manifest)
@@ -81,7 +81,7 @@ def main() -> None:
                     if (run / f).is_file():
                         shutil.copy(run / f, folder / f)
                 s.save(folder)
-                adapted.save(folder / "model.keras")
+                save_without_optimizer(adapted, folder / "model.keras")
             print(run, label, {k: round(v["bccd"]["accuracy"], 3) for k, v in rows.items()}, flush=True)
         out["runs"][str(run)] = {"stain_reference": reference, "rows": rows}
     base = str(args.runs[0])

@@ -49,6 +49,7 @@ def test_a_groupnorm_image_does_not_depend_on_its_batch(pair) -> None:
     assert alone.shape == together.shape == (1, 5)
 
 
+@pytest.mark.slow
 def test_groupnorm_weights_round_trip_through_a_keras_file(pair, tmp_path) -> None:
     _, gn = pair
     path = tmp_path / "gn.keras"
@@ -58,6 +59,16 @@ def test_groupnorm_weights_round_trip_through_a_keras_file(pair, tmp_path) -> No
     np.testing.assert_allclose(gn.predict(x, verbose=0), again.predict(x, verbose=0), atol=1e-5)
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(gn.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=1e-5)
+
+
+def test_a_groupnorm_model_warm_starts_from_a_batchnorm_checkpoint(pair, tmp_path) -> None:
+    bn, _ = pair
+    path = tmp_path / "bn.keras"
+    bn.save(path)
+    gn = create_model("mobilenet_v2", input_size=32, alpha=0.35, norm="group", weights=str(path))
+    assert "BatchNormalization" not in kinds(gn)
+    np.testing.assert_array_equal(gn.get_layer("dense64").get_weights()[0], bn.get_layer("dense64").get_weights()[0])
+    np.testing.assert_array_equal(gn.get_layer("head64_gn").get_weights()[0], bn.get_layer("head64_bn").get_weights()[0])
 
 
 @pytest.mark.slow

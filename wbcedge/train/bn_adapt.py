@@ -8,6 +8,9 @@ stay as trained, only the stored statistics change. The result exports like any 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from wbcedge.errors import InputDataError
@@ -48,3 +51,59 @@ def reestimate_batchnorm(model, inputs: np.ndarray, batch_size: int = 64):
         for layer, rate in zip(dropouts, saved[1]):
             layer.rate = rate
     return model
+
+
+def adapt_run(run_dir: Path, inputs: np.ndarray, out: Path, note: str) -> Path:
+    """A copy of a run folder whose model has its BatchNorm statistics re-estimated on `inputs`
+    (saved without optimiser state); `note` says on what, in `adapted.json`."""
+    import shutil
+
+    from wbcedge.train.run_folder import load_run
+
+    run_dir, out = Path(run_dir), Path(out)
+    predictor = load_run(run_dir)
+    model = reestimate_batchnorm(predictor.keras_model, inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in run_dir.iterdir():
+        if f.is_file() and f.name != "model.keras":
+            shutil.copy(f, out / f.name)
+    save_without_optimizer(model, out / "model.keras")
+    (out / "adapted.json").write_text(json.dumps({"from": str(run_dir), "batchnorm_reestimated_on": note,
+                                                  "cells": int(len(inputs))}, indent=2) + "\n")
+    return out
+
+
+def save_without_optimizer(model, path: Path) -> None:
+    """Save a model for inference and export only (a third of the file size of a checkpoint)."""
+    import keras
+
+    clean = keras.models.clone_model(model)
+    clean.set_weights(model.get_weights())
+    clean.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m wbcedge.train.bn_adapt RUN --out DIR [--manifest M --split train] : re-estimate on a split."""
+    import argparse
+
+    from wbcedge.data import read_manifest
+    from wbcedge.preprocess import PreprocessSpec, load_inputs
+
+    ap = argparse.ArgumentParser(description="BatchNorm statistics of a run re-estimated on a manifest split")
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--manifest", type=Path, required=True)
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--max-images", type=int, default=2000)
+    args = ap.parse_args(argv)
+    records = [r for r in read_manifest(args.manifest) if r.split == args.split]
+    rng = np.random.default_rng(0)
+    records = [records[i] for i in sorted(rng.permutation(len(records))[:args.max_images])]
+    inputs = load_inputs([r.path for r in records], PreprocessSpec.load(args.run))
+    adapt_run(args.run, inputs, args.out, f"{args.manifest} split {args.split} ({len(records)} crops, no augmentation)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -78,9 +78,9 @@ def create_model(name: str | None = None, options: ModelOptions | None = None, *
         raise InputDataError(f"unknown normalisation '{opts.norm}'; choose one of: {', '.join(NORMS)}")
     if opts.norm == "group":  # build with BatchNorm, swap, then load GroupNorm weights if given
         from wbcedge.train.models.groupnorm import to_group_norm
-        own_weights = opts.weights not in ("none", "imagenet")
-        model = to_group_norm(_BUILDERS[opts.name](replace(opts, weights="none") if own_weights else opts))
-        if own_weights:
+        model = to_group_norm(_BUILDERS[opts.name](opts if opts.weights in ("none", "imagenet")
+                                                   else _group_norm_start(opts)))
+        if opts.weights not in ("none", "imagenet") and not _is_batchnorm_checkpoint(opts):
             model.load_weights(opts.weights)
     else:
         model = _BUILDERS[opts.name](opts)
@@ -88,6 +88,21 @@ def create_model(name: str | None = None, options: ModelOptions | None = None, *
     # momentum and inference collapses to one class (docs/known-traps.md, trap 2).
     set_batchnorm_momentum(model, 0.9)
     return model
+
+
+def _is_batchnorm_checkpoint(opts: ModelOptions) -> bool:
+    """Whether a .keras weights file holds a BatchNorm model (a GroupNorm model can warm-start from it)."""
+    if not str(opts.weights).endswith(".keras"):
+        return False
+    import zipfile
+    with zipfile.ZipFile(opts.weights) as z:
+        return "BatchNormalization" in z.read("config.json").decode()
+
+
+def _group_norm_start(opts: ModelOptions) -> ModelOptions:
+    # From a BatchNorm checkpoint: load it into the BatchNorm build, then swap (scale and
+    # offset carry over). From a GroupNorm checkpoint: build empty, load after the swap.
+    return opts if _is_batchnorm_checkpoint(opts) else replace(opts, weights="none")
 
 
 def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
