@@ -78,8 +78,8 @@ def test_manifest_without_val_split_is_refused(tmp_path, sample_manifest):
 def test_more_epochs_on_a_finished_run_says_how_to_train_further(tiny_run, sample_manifest):
     run_dir, _ = tiny_run
     before = (run_dir / "history.csv").read_text()
-    cfg = TrainConfig(manifest=str(sample_manifest), model="residual_cnn", input_size=32, epochs=12,
-                      batch_size=8, augment={}, seed=1)
+    cfg = TrainConfig(manifest=str(sample_manifest), model="residual_cnn", preprocess={"input_size": 32}, epochs=12,
+                      batch_size=8, augment_preset="none", seed=1)
     with pytest.raises(ValueError) as exc:
         train(cfg, run_dir, progress=lambda m: None)
     message = str(exc.value)

@@ -109,13 +109,16 @@ def hed_matrices() -> tuple[np.ndarray, np.ndarray]:
     return colorconv.hed_from_rgb.astype(np.float32), colorconv.rgb_from_hed.astype(np.float32)
 
 
-def make_augment(cfg: AugmentConfig, cell_fraction: float):
-    """`augment(images, seed) -> images`: float 0-255 RGB batches (N, S, S, 3) in and out."""
+def make_augment(cfg: AugmentConfig, cell_fraction: float | None = None):
+    """`augment(images, seed) -> images`: float 0-255 RGB batches (N, S, S, 3) in and out.
+    `cell_fraction` (the spec's) is needed for `scale` only."""
     import tensorflow as tf
 
+    if cfg.scale and cell_fraction is None:
+        raise InputDataError("scale augmentation needs the preprocessing spec's cell_fraction")
     hed_from_rgb, rgb_from_hed = (tf.constant(m) for m in hed_matrices())
     log_adjust = float(np.log(1e-6))  # scikit-image's floor for optical density
-    zlo, zhi = zoom_range(cfg, cell_fraction)
+    zlo, zhi = zoom_range(cfg, cell_fraction) if cfg.scale else (1.0, 1.0)
 
     def uniform(seed, shape, lo, hi):
         return tf.random.stateless_uniform(shape, seed, lo, hi)

@@ -77,7 +77,7 @@ def save_without_optimizer(model, path: Path) -> None:
     """Save a model for inference and export only (a third of the file size of a checkpoint)."""
     import keras
 
-    clean = keras.models.clone_model(model)
+    clean = model.__class__.from_config(model.get_config())  # uncompiled: no optimiser (clone_model keeps it)
     clean.set_weights(model.get_weights())
     clean.save(path)
 

@@ -26,7 +26,7 @@ from wbcedge.quiet import quiet_fds
 from wbcedge.tomlfile import read_toml
 from wbcedge.device.shift import REFERENCE_FILE, save_reference
 from wbcedge.train.shift_reference import (build_reference, calibrate_file, feature_check, predict_two,
-                                           threshold_summary)
+                                           run_augmentation, threshold_summary)
 
 TFLITE_INT8 = "model_int8.tflite"
 EXPORT_LOG = "export.log"
@@ -144,7 +144,7 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
                           else (keras_model.keras_model, None))
     float_probs, float_feats = predict_two(model, x_test)
     float_res = classification_results(y_test, float_probs, classes)
-    augment = json.loads((run_dir / "config.json").read_text()).get("augment")
+    augment = run_augmentation(json.loads((run_dir / "config.json").read_text()))
     base, x_val, calibration_info, shift_info = (
         build_reference(model, records, spec, classes, opts.reference_images, opts.seed, augment, progress)
         if feature_dim else (None, None, {"temperature": 1.0, "fitted_on": None, "note": "shift check off"},

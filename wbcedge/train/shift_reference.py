@@ -40,19 +40,33 @@ def sample_per_class(records: list, n: int, seed: int) -> list:
     return [records[i] for i in idx]
 
 
-def colour_augmented(inputs: np.ndarray, augment: dict | None, seed: int) -> np.ndarray:
-    """The training run's colour augmentation (not its geometry) applied to each crop once, as training did."""
-    cfg = {k: v for k, v in (augment or {}).items() if k not in ("flips", "rot90")}
-    if not any(cfg.values()):
+def colour_augmented(inputs: np.ndarray, augment: dict | None, seed: int, batch: int = 256) -> np.ndarray:
+    """The training run's augmentation without its geometry (flips, rotations, scale) applied to each
+    crop once, as training did. `augment` is a full `AugmentConfig` dict (`run_augmentation`)."""
+    from dataclasses import replace
+
+    from wbcedge.train.augment import AugmentConfig, make_augment
+
+    cfg = replace(AugmentConfig.from_dict(augment, "none"), flips=False, rot90=False, scale=False)
+    if cfg == AugmentConfig.none():
         return inputs[:0]
     import tensorflow as tf
 
-    from wbcedge.train.training import _augment_fn
+    fn = make_augment(cfg)
+    out = [fn(tf.constant(inputs[i:i + batch].astype(np.float32)), tf.constant([seed, i])).numpy()
+           for i in range(0, len(inputs), batch)]
+    return np.clip(np.round(np.concatenate(out)), 0, 255).astype(np.uint8)
 
-    tf.random.set_seed(seed)
-    fn = _augment_fn(tf, cfg, seed)
-    out = [fn(tf.constant(x[None].astype(np.float32)), 0)[0].numpy()[0] for x in inputs]
-    return np.clip(np.round(np.stack(out)), 0, 255).astype(np.uint8)
+
+def run_augmentation(config: dict) -> dict:
+    """The augmentation a run trained with, every option spelled out, from its config.json (old layouts too)."""
+    from wbcedge.train.augment import AugmentConfig
+    from wbcedge.train.training import TrainConfig
+
+    if "augment" not in config and "augment_preset" not in config:
+        return AugmentConfig.none().to_dict()  # the config does not say: assume none rather than guess
+    cfg = TrainConfig.from_dict(config)
+    return AugmentConfig.from_dict(cfg.augment, cfg.augment_preset).to_dict()
 
 
 def build_reference(model, records: list, spec, classes: list[str], max_train: int, seed: int,
