@@ -27,7 +27,7 @@ ROWS = {
     "scale": dict(scale=True),
     "hed stain": dict(hed=0.05, hed_bias=0.015),
     "white balance + tint": dict(white_balance=0.12, tint=0.08),
-    "brightness/contrast/gamma": dict(brightness=0.12, contrast=0.25, gamma=0.25),
+    "brightness contrast gamma": dict(brightness=0.12, contrast=0.25, gamma=0.25),
     "defocus": dict(defocus=1.0),
     "motion blur": dict(motion=1.0),
     "noise": dict(noise=6.0),
