@@ -168,6 +168,7 @@ def test_every_verb_help_has_examples_described_options_and_real_paths(repo_root
 
 # ---------------------------------------------------------------- the scale is asked, not guessed
 
+@pytest.mark.train
 def test_data_index_measures_the_cell_scale_and_training_uses_it(tmp_path, capsys):
     from typer.testing import CliRunner
 

@@ -60,7 +60,7 @@ class OutputFolderError(WbcedgeError):
 
 
 EXTRAS = {"tensorflow": "train", "keras": "train", "tensorboard": "train", "tf2onnx": "export", "onnx": "export",
-          "sklearn": "report", "scipy": "report", "matplotlib": "report",
+          "sklearn": "report", "scipy": "report", "matplotlib": "report", "skimage": "report",
           "onnxruntime": "device", "ai_edge_litert": "device", "cv2": "opencv",
           "fastapi": "web", "starlette": "web", "uvicorn": "web", "jinja2": "web"}
 """Top-level module -> the pyproject extra that installs it."""

@@ -57,14 +57,6 @@ class PreprocessSpec:
     stain_reference: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.stain_reference is not None:
-            ref = tuple(float(v) for v in self.stain_reference)
-            if len(ref) != 6 or min(ref[3:]) <= 0:
-                raise InputDataError(f"stain_reference needs 6 numbers (L, a, b means; L, a, b deviations > 0), "
-                                     f"got {self.stain_reference}: recompute it with stain_reference_of")
-            object.__setattr__(self, "stain_reference", ref)
-
-    def __post_init__(self) -> None:
         lo, hi = INPUT_SIZE_RANGE
         problems = []
         if not (_is_int(self.input_size) and lo <= self.input_size <= hi):
@@ -79,6 +71,16 @@ class PreprocessSpec:
             problems.append(f"cell_fraction must be a number in (0, 1), got {self.cell_fraction!r}")
         if self.crop_um is not None and not (_is_real(self.crop_um) and 0.0 < self.crop_um < 1e4):
             problems.append(f"crop_um must be a number of micrometres > 0 (or null), got {self.crop_um!r}")
+        if self.stain_reference is not None:
+            try:
+                ref = tuple(float(v) for v in self.stain_reference)
+            except (TypeError, ValueError):
+                ref = ()
+            if len(ref) != 6 or min(ref[3:]) <= 0:
+                problems.append(f"stain_reference needs 6 numbers (L, a, b means; L, a, b deviations > 0), "
+                                f"got {self.stain_reference!r}: recompute it with stain_reference_of")
+            else:
+                object.__setattr__(self, "stain_reference", ref)
         if problems:
             raise PreprocessSpecError("preprocessing spec: " + "; ".join(problems)
                                       + ". Re-export the bundle, or fix preprocess.json")

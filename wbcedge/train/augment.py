@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-from skimage.color import colorconv
 
 from wbcedge.errors import InputDataError
 
@@ -106,6 +105,8 @@ def zoom_range(cfg: AugmentConfig, cell_fraction: float) -> tuple[float, float]:
 
 def hed_matrices() -> tuple[np.ndarray, np.ndarray]:
     """scikit-image's stain matrices: optical density (RGB) -> HED and back."""
+    from skimage.color import colorconv  # scikit-image: the train extra (imported here, after TensorFlow)
+
     return colorconv.hed_from_rgb.astype(np.float32), colorconv.rgb_from_hed.astype(np.float32)
 
 
