@@ -96,6 +96,7 @@ def _root(
 from wbcedge.cli import bench_cmd, bundle_cmd, data_cmd, evaluate_cmd, export_cmd, run_cmd, train_cmd  # noqa: E402,F401
 from wbcedge.cli import review_cmd  # noqa: E402,F401  (after run: the help lists the workflow in order)
 from wbcedge.cli import report_cmd  # noqa: E402,F401
+from wbcedge.cli import adapt_cmd  # noqa: E402,F401  (after review: adapting uses the reviewed cells)
 
 
 def main() -> None:

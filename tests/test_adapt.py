@@ -1,0 +1,142 @@
+"""`wbcedge adapt`: the site data's refusals (fast, no TensorFlow) and one real adaptation (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from wbcedge.errors import InputDataError, WbcedgeError
+from wbcedge.labels import CLASSES, UnknownClassError
+from wbcedge.train.adapt_site import MIN_HELD_OUT, AdaptDataError, plan_site
+
+SAMPLES = Path(__file__).resolve().parent.parent / "wbcedge" / "samples" / "pbc"
+
+
+def _cells(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
+    """Distinct small random crops under root/<class>/ (every file different bytes)."""
+    rng = np.random.default_rng(seed)
+    for c, n in per_class.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            cv2.imwrite(str(root / c / f"{c}_{i}.png"), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    return root
+
+
+def test_split_is_stratified_seeded_and_keeps_three_to_learn_from(tmp_path):
+    data = _cells(tmp_path / "site", {c: 20 for c in CLASSES})
+    plan = plan_site(data, holdout=0.3, seed=1)
+    counts = plan.counts()
+    for c in CLASSES:
+        assert counts[c]["held_out"] == 6
+        assert counts[c]["fit"] + counts[c]["val"] == 14 and counts[c]["val"] >= 1
+    assert {r.path for r in plan.test}.isdisjoint({r.path for r in plan.fit + plan.val})
+    again = plan_site(data, holdout=0.3, seed=1)
+    assert [r.path for r in again.test] == [r.path for r in plan.test]
+    assert again.data_sha256() == plan.data_sha256()
+    assert [r.path for r in plan_site(data, holdout=0.3, seed=2).test] != [r.path for r in plan.test]
+
+
+def test_a_class_without_cells_is_not_adapted(tmp_path):
+    data = _cells(tmp_path / "site", {"lymphocyte": 20, "neutrophil": 20, "eosinophil": 20})
+    plan = plan_site(data, holdout=0.4)
+    assert plan.adapted == ["eosinophil", "lymphocyte", "neutrophil"]
+    assert plan.not_adapted == ["basophil", "monocyte"]
+
+
+def test_refuses_fewer_than_three_cells_in_a_class(tmp_path):
+    data = _cells(tmp_path / "site", {"lymphocyte": 30, "neutrophil": 30, "monocyte": 2})
+    with pytest.raises(AdaptDataError, match=r"monocyte: 2.*at least 3") as e:
+        plan_site(data)
+    assert isinstance(e.value, WbcedgeError)
+
+
+def test_refuses_a_held_out_part_too_small_and_says_the_minimum(tmp_path):
+    data = _cells(tmp_path / "site", {"lymphocyte": 10, "neutrophil": 10})
+    with pytest.raises(AdaptDataError, match=rf"only 6 held-out.*at least {MIN_HELD_OUT}.*95% interval"):
+        plan_site(data, holdout=0.3)
+
+
+def test_refuses_unknown_class_names_in_folders_and_manifests(tmp_path):
+    data = _cells(tmp_path / "site", {"lymphocyte": 10, "blast": 10})
+    with pytest.raises(UnknownClassError, match="blast"):
+        plan_site(data)
+    from wbcedge.data import index_folder, write_manifest
+    records = index_folder(_cells(tmp_path / "ok", {"lymphocyte": 30})).records
+    records[0].label = "promyelocyte"
+    write_manifest(records, tmp_path / "site.csv")
+    with pytest.raises(InputDataError, match="promyelocyte"):
+        plan_site(tmp_path / "site.csv")
+
+
+def test_separate_held_out_cells_and_manifest_test_rows(tmp_path):
+    data = _cells(tmp_path / "site", {"lymphocyte": 5, "neutrophil": 5})
+    test = _cells(tmp_path / "check", {"lymphocyte": 12, "neutrophil": 12}, seed=1)
+    plan = plan_site(data, test=test)
+    assert len(plan.test) == 24 and len(plan.fit) + len(plan.val) == 10 and plan.test_given
+    from wbcedge.data import index_folder, write_manifest
+    records = index_folder(data).records + index_folder(test).records
+    for r in records:
+        r.split = "test" if "check" in r.path else ""
+    write_manifest(records, tmp_path / "site.csv")
+    assert len(plan_site(tmp_path / "site.csv").test) == 24
+
+
+def test_refuses_a_cell_on_both_sides(tmp_path):
+    data = _cells(tmp_path / "site", {"lymphocyte": 30})
+    test = _cells(tmp_path / "check", {"lymphocyte": 30})   # same seed: the same bytes
+    with pytest.raises(AdaptDataError, match="both among the cells to learn from and the held-out"):
+        plan_site(data, test=test)
+
+
+def test_refuses_a_bad_holdout(tmp_path):
+    with pytest.raises(AdaptDataError, match="between 0 and 1"):
+        plan_site(_cells(tmp_path / "site", {"lymphocyte": 30}), holdout=1.5)
+
+
+# ---------------------------------------------------------------- a real adaptation
+
+def _shifted_site(root: Path) -> tuple[Path, Path]:
+    """A "new microscope" made from the shipped PBC samples: channels swapped and blurred,
+    eight distinct views of each sample; two samples per class to learn from, two held out."""
+    from wbcedge.preprocess import read_image
+
+    for c in CLASSES:
+        sources = sorted((SAMPLES / c).glob("*.jpg"))
+        for k, src in enumerate(sources):
+            image = cv2.GaussianBlur(read_image(src)[:, :, ::-1], (0, 0), 2.0)   # BGR -> RGB: red cells turn blue
+            part = "labelled" if k < 2 else "heldout"
+            (root / part / c).mkdir(parents=True, exist_ok=True)
+            for v in range(8):
+                view = np.rot90(image, v % 4)
+                view = view[:, ::-1] if v >= 4 else view
+                cv2.imwrite(str(root / part / c / f"{src.stem}_{v}.png"), np.ascontiguousarray(view))
+    return root / "labelled", root / "heldout"
+
+
+@pytest.mark.slow
+def test_adapt_raises_held_out_accuracy_and_writes_a_bundle_that_verifies(tmp_path, default_run):
+    from wbcedge.bundle import load_bundle, verify_bundle
+    from wbcedge.train.adapt import AdaptConfig, adapt
+
+    labelled, heldout = _shifted_site(tmp_path / "site")
+    cfg = AdaptConfig(epochs=6, patience=6, replay_per_class=2, formats=("tflite",), forgetting=False,
+                      calib=100, learning_rate=3e-4)
+    report = adapt(default_run, labelled, tmp_path / "bundle", cfg, test=heldout, progress=lambda m: None)
+    held = report["held_out"]
+    assert held["parent"]["n"] == 80
+    assert held["adapted_float"]["accuracy"] > held["parent"]["accuracy"] + 0.15
+    assert held["adapted_int8"]["accuracy"] > held["parent"]["accuracy"]
+    assert verify_bundle(tmp_path / "bundle") == []
+    bundle = load_bundle(tmp_path / "bundle")
+    adaptation = bundle.manifest["adaptation"]
+    assert adaptation["site_counts"]["lymphocyte"]["held_out"] == 16
+    assert adaptation["parent_bundle_manifest_sha256"] is not None
+    assert bundle.manifest["source_run"] == "bundle-run"
+    for name in ("adapt-report.md", "adapt-report.json", "adapt-report.png"):
+        assert (tmp_path / "bundle" / name).is_file()
+    saved = json.loads((tmp_path / "bundle" / "adapt-report.json").read_text())
+    assert saved["deployable"] == bundle.deployable == report["deployable"]

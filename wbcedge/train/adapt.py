@@ -1,0 +1,483 @@
+"""`wbcedge adapt`: make a trained model a lab's own from a few labelled cells of its microscope.
+
+    1. re-estimate the BatchNorm statistics on the site's cells (labelled and unlabelled):
+       the normalisation a model learnt on another microscope is the main cause of its collapse
+    2. fine-tune the whole network (BatchNorm frozen at the site's statistics) on the labelled
+       cells, with the training augmentation plus resolution and scale jitter, class weighting,
+       a few of the parent's own training cells replayed against forgetting, and early stopping
+       on a validation part of the labelled cells
+    3. export int8 TFLite + ONNX through the export accuracy gate (`wbcedge.train.export`), whose
+       test set is the site's held-out labelled cells (never trained or selected on); the
+       parent's own test set is scored too, to report forgetting
+    4. a bundle whose manifest records the parent bundle's hash, the site data's hash and the
+       per-class counts, marked not deployable unless it beats the parent on the held-out cells
+
+The adapted run folder (`OUT-run/`) keeps the Keras model, the site manifest and the history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from wbcedge.bundle import DEFAULT_BUNDLE, MANIFEST, load_bundle, sha256_of, write_manifest
+from wbcedge.data.manifest import Record, read_manifest
+from wbcedge.data.manifest import write_manifest as write_data_manifest
+from wbcedge.errors import InputDataError
+from wbcedge.labels import CLASSES, class_indices
+from wbcedge.train.adapt_site import SitePlan, plan_site, site_inputs, unlabelled_inputs
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+DEFAULT_RUN = Path(__file__).resolve().parents[2] / "training" / "runs" / "default-edge"
+
+
+@dataclass
+class AdaptConfig:
+    holdout: float = 0.3              # share of each class's labelled cells kept for the check
+    val_share: float = 0.2            # of the rest: the part that stops fine-tuning early
+    epochs: int = 40
+    batch_size: int = 8
+    learning_rate: float = 1e-4       # Adam; Chossegros et al. used 7e-5 with batch 5
+    patience: int = 8                 # epochs without a lower validation loss before stopping
+    augment: dict = field(default_factory=lambda: {
+        "flips": True, "rot90": True, "hue": 0.04, "saturation": 0.25, "brightness": 0.15, "contrast": 0.25, "blur": 0.3,
+        "resolution": 0.5, "zoom": 0.15})   # resolution: down to this share of the side and back; zoom: +-scale
+    replay_per_class: int = 10        # the parent's own training cells mixed in, per class (0 = none)
+    replay_weight: float = 0.3        # their loss weight against the site's cells
+    bn_max_cells: int = 512           # site cells used for the BatchNorm statistics
+    bn_chunk: int = 64
+    calib: int = 300                  # int8 calibration: site cells first, then replayed cells
+    threshold: float | None = None    # unidentified below this confidence (default: the parent bundle's)
+    max_drop: float = 1.0             # export gate budget (widened to one held-out cell when that is more)
+    max_class_drop: float = 3.0
+    formats: tuple[str, ...] = ("tflite", "onnx")
+    forgetting: bool = True           # score the parent's own test set (when its images are here)
+    curve: bool = False               # learning curve (costs one fine-tuning per point)
+    curve_sizes: tuple[int, ...] = (5, 10, 20, 0)   # labelled cells per class; 0 = all
+    curve_seeds: int = 2
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> AdaptConfig:
+        import tomllib
+
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise InputDataError(f"cannot read adapt config {path}: {e}") from None
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputDataError(f"{path}: unknown adapt options {sorted(unknown)}; known: "
+                                 f"{sorted(cls.__dataclass_fields__)}")
+        for key in ("curve_sizes", "formats"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass
+class Parent:
+    run_dir: Path
+    bundle: Path | None               # the bundle exported from this run, if known
+    bundle_sha256: str | None         # sha256 of that bundle's manifest.json
+    threshold: float
+
+
+def resolve_parent(source: Path | None) -> Parent:
+    """The run folder to start from: a run folder, or a bundle whose manifest names its source run."""
+    from wbcedge.train.run_folder import is_run_folder
+
+    source = Path(source) if source is not None else DEFAULT_RUN
+    if is_run_folder(source):
+        bundle = _bundle_of_run(source)
+        return Parent(source, bundle, sha256_of(bundle / MANIFEST) if bundle else None,
+                      load_bundle(bundle).threshold if bundle else 0.6)
+    if (source / MANIFEST).is_file() or source.is_file():
+        b = load_bundle(source)
+        name = b.manifest.get("source_run")
+        if name:
+            for candidate in (Path(name), b.path.parent / name, DEFAULT_RUN.parent / Path(name).name):
+                if is_run_folder(candidate):
+                    return Parent(candidate, b.path, sha256_of(b.path / MANIFEST), b.threshold)
+        raise InputDataError(f"{source} is a bundle, but its source run {name!r} is not here; adapt needs the "
+                             "float model: give the run folder it was exported from")
+    raise InputDataError(f"{source}: neither a run folder (model.keras) nor a bundle; give the run folder of the "
+                         f"model to adapt (default {DEFAULT_RUN})")
+
+
+def _bundle_of_run(run_dir: Path) -> Path | None:
+    for candidate in (DEFAULT_BUNDLE, run_dir.with_name(run_dir.name + "-bundle")):
+        try:
+            m = json.loads((candidate / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue
+        if m.get("source_run") == run_dir.name:
+            return candidate
+    return None
+
+
+# ---------------------------------------------------------------- the steps
+
+def reestimate_batchnorm(model, inputs: np.ndarray, chunk: int = 64) -> int:
+    """Replace every BatchNorm layer's moving mean and variance with the statistics of `inputs`.
+
+    Chunks run in training mode (each layer normalised by its batch, as when the statistics
+    were first learnt) and the moving statistics become the running average over the chunks.
+    Returns the number of BatchNorm layers updated.
+    """
+    import keras
+    import tensorflow as tf
+
+    from wbcedge.train.models.registry import _all_layers
+
+    bns = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [(layer.momentum, layer.trainable) for layer in bns]
+    for layer in bns:
+        layer.trainable = True
+    starts = list(range(0, len(inputs), chunk))
+    for i, start in enumerate(starts):
+        for layer in bns:
+            layer.momentum = i / (i + 1.0)   # 0 on the first chunk: the old statistics are dropped
+        model(tf.convert_to_tensor(inputs[start:start + chunk], tf.float32), training=True)
+    for layer, (momentum, trainable) in zip(bns, saved):
+        layer.momentum, layer.trainable = momentum, trainable
+    return len(bns)
+
+
+def freeze_batchnorm(model) -> None:
+    """BatchNorm layers keep the site's statistics while the rest fine-tunes (batches of a few cells)."""
+    import keras
+
+    from wbcedge.train.models.registry import _all_layers
+
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def _augment(tf, cfg: dict, size: int):
+    """The training augmentation, plus resolution loss and scale jitter (soft frames, a wrong scale)."""
+    from wbcedge.train.training import _augment_fn
+
+    colour = _augment_fn(tf, cfg, 0)
+    pad = round(size * cfg.get("zoom", 0.0))
+
+    def augment(x, y, w):
+        if cfg.get("zoom"):
+            n = tf.shape(x)[0]
+            z = cfg["zoom"]
+            padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+            full = size + 2 * pad
+            half = tf.random.uniform([n, 1], 1 - z, 1 + z) * size / (2.0 * full)
+            centre = 0.5 + tf.random.uniform([n, 2], -0.05, 0.05)
+            boxes = tf.concat([centre - half, centre + half], axis=1)
+            x = tf.image.crop_and_resize(padded, boxes, tf.range(n), [size, size])
+        if cfg.get("resolution"):
+            side = tf.cast(tf.round(size * tf.random.uniform([], cfg["resolution"], 1.0)), tf.int32)
+            x = tf.image.resize(tf.image.resize(x, [side, side], antialias=True), [size, size])
+        x, y = colour(x, y)
+        return x, y, w
+    return augment
+
+
+def fine_tune(model, x_fit, y_fit, w_fit, x_val, y_val, cfg: AdaptConfig, seed: int, progress=print) -> list[dict]:
+    """Fine-tune in place with early stopping on the validation cells; returns the per-epoch history."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    freeze_batchnorm(model)
+    size = int(x_fit.shape[1])
+    ds = (tf.data.Dataset.from_tensor_slices((x_fit, y_fit, w_fit.astype(np.float32)))
+          .shuffle(len(x_fit), seed=seed, reshuffle_each_iteration=True)
+          .batch(cfg.batch_size)
+          .map(lambda x, y, w: (tf.cast(x, tf.float32), y, w))
+          .map(_augment(tf, cfg.augment, size)))
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(), weighted_metrics=["accuracy"])
+    history: list[dict] = []
+
+    class _Log(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+            history.append(row)
+            progress(f"  epoch {epoch + 1}/{cfg.epochs}: loss {row.get('loss', float('nan')):.3f}"
+                     + (f", val loss {row['val_loss']:.3f}, val acc {row.get('val_accuracy', float('nan')):.3f}"
+                        if "val_loss" in row else ""))
+
+    callbacks = [_Log()]
+    val = None
+    if len(x_val):
+        val = (x_val.astype(np.float32), y_val)
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                                       restore_best_weights=True))
+    model.fit(ds, validation_data=val, epochs=cfg.epochs, callbacks=callbacks, verbose=0)
+    return history
+
+
+def sample_weights(y_site: np.ndarray, n_replay: int, replay_weight: float) -> np.ndarray:
+    """Inverse-frequency weights over the site's classes (mean 1), then the replayed cells' weight."""
+    counts = np.bincount(y_site, minlength=len(CLASSES)).astype(float)
+    present = counts > 0
+    w = np.zeros(len(y_site), np.float32)
+    if len(y_site):
+        w = (len(y_site) / (present.sum() * counts[y_site])).astype(np.float32)
+    return np.concatenate([w, np.full(n_replay, replay_weight, np.float32)])
+
+
+def replay_records(run_dir: Path, per_class: int, seed: int) -> list[Record]:
+    """A few of the parent's own training cells per class (or the shipped samples when its data is absent)."""
+    if per_class <= 0:
+        return []
+    from wbcedge.data.manifest import SAMPLES_DIR
+    from wbcedge.train.export import _resolve_manifest
+
+    rows: list[Record] = []
+    try:
+        rows = [r for r in read_manifest(_resolve_manifest(run_dir, None)) if r.split == "train"]
+        rows = [r for r in rows if Path(r.path).is_file()]
+    except (FileNotFoundError, ValueError, KeyError):
+        rows = []
+    if not rows:
+        from wbcedge.data.index import index_folder
+        rows = index_folder(SAMPLES_DIR).records
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in CLASSES:
+        of_class = [r for r in rows if r.label == c]
+        chosen += [of_class[i] for i in sorted(rng.permutation(len(of_class))[:per_class])]
+    return chosen
+
+
+# ---------------------------------------------------------------- the whole command
+
+def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled: Path | None = None,
+          test: Path | None = None, progress=print) -> dict:
+    """Adapt, export through the gate and bundle; returns the report (also written into the bundle).
+
+    Refusals (bad site data) come before any model is loaded. A result that does not beat
+    the parent on the held-out cells still writes the bundle and report, marked not deployable.
+    """
+    from wbcedge.train.adapt_report import held_out_results, write_adapt_report
+
+    plan = plan_site(data, cfg.holdout, cfg.seed, test, cfg.val_share)
+    parent = resolve_parent(run)
+    out = Path(out)
+    run_out = out.with_name(out.name + "-run")
+    progress(f"site cells: {len(plan.fit)} to fit, {len(plan.val)} to stop early, {len(plan.test)} held out; "
+             f"adapting {', '.join(plan.adapted)}"
+             + (f"; not adapted (no site cells): {', '.join(plan.not_adapted)}" if plan.not_adapted else ""))
+
+    import keras
+
+    from wbcedge.train.run_folder import load_run
+
+    predictor = load_run(parent.run_dir)
+    spec, model = predictor.spec, predictor.keras_model
+    keras.utils.set_random_seed(cfg.seed)
+    x_fit, y_fit = site_inputs(plan.fit, spec), class_indices(r.label for r in plan.fit)
+    x_val, y_val = site_inputs(plan.val, spec), class_indices(r.label for r in plan.val)
+    x_test, y_test = site_inputs(plan.test, spec), class_indices(r.label for r in plan.test)
+    x_unl = unlabelled_inputs(unlabelled, spec, limit=cfg.bn_max_cells, seed=cfg.seed)
+    replay = replay_records(parent.run_dir, cfg.replay_per_class, cfg.seed)
+    x_rep, y_rep = site_inputs(replay, spec), class_indices(r.label for r in replay)
+
+    stages = {"parent": predictor.predict_many(x_test)}
+    bn_cells = _bn_cells(x_fit, x_val, x_unl, cfg)
+    progress(f"step 1/4: BatchNorm statistics from {len(bn_cells)} site cells "
+             f"({len(x_unl)} unlabelled, the rest labelled; held-out cells not used)")
+    reestimate_batchnorm(model, bn_cells, cfg.bn_chunk)
+    stages["batchnorm"] = predictor.predict_many(x_test)
+    state = model.get_weights()
+
+    progress(f"step 2/4: fine-tuning on {len(x_fit)} site cells + {len(x_rep)} replayed parent cells, "
+             f"early stopping on {len(x_val)}")
+    history = fine_tune(model, np.concatenate([x_fit, x_rep]), np.concatenate([y_fit, y_rep]),
+                        sample_weights(y_fit, len(x_rep), cfg.replay_weight), x_val, y_val, cfg, cfg.seed, progress)
+    stages["adapted_float"] = predictor.predict_many(x_test)
+
+    curve = None
+    if cfg.curve:
+        curve = learning_curve(predictor, state, plan, spec, (x_test, y_test), (x_rep, y_rep), cfg, progress)
+
+    progress("step 3/4: export int8 TFLite + ONNX through the accuracy gate on the held-out site cells")
+    _write_run(run_out, parent, model, spec, plan, cfg, history)
+    export_report, gate_error = _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progress)
+    bundle = load_bundle(out, verify=False)
+    from wbcedge.device.runtime import Classifier
+    stages["adapted_int8"] = Classifier(out / bundle.manifest["default_model"]).predict_many(x_test)
+
+    progress("step 4/4: forgetting on the parent's own test set, report and bundle manifest")
+    forgetting = (_forgetting(parent.run_dir, predictor, out / bundle.manifest["default_model"], progress)
+                  if cfg.forgetting else None)
+    results = held_out_results(y_test, stages, list(bundle.classes))
+    better = results["adapted_int8"]["accuracy"] > results["parent"]["accuracy"]
+    report = {
+        "parent": {"run": str(parent.run_dir), "bundle": str(parent.bundle) if parent.bundle else None,
+                   "bundle_manifest_sha256": parent.bundle_sha256},
+        "site": {"data": str(data), "test": str(test) if test else None, "unlabelled": str(unlabelled) if unlabelled else None,
+                 "data_sha256": plan.data_sha256(), "counts": plan.counts(), "adapted": plan.adapted,
+                 "not_adapted": plan.not_adapted, "unlabelled_cells": len(x_unl),
+                 "replayed_parent_cells": len(x_rep), "held_out_given_separately": plan.test_given},
+        "config": {k: v for k, v in asdict(cfg).items()},
+        "held_out": results, "better_than_parent": bool(better),
+        "export_gate": {"failures": export_report["failures"], "budget": export_report["budget"]},
+        "forgetting": forgetting, "learning_curve": curve, "epochs_run": len(history),
+        "bundle": str(out), "run": str(run_out),
+    }
+    deployable = bool(better and gate_error is None)
+    report["deployable"] = deployable
+    if not better:
+        report["refusal"] = (f"the adapted model ({100 * results['adapted_int8']['accuracy']:.1f}%) is not better than "
+                             f"the parent ({100 * results['parent']['accuracy']:.1f}%) on the {len(y_test)} held-out "
+                             "site cells: the bundle is marked NOT deployable. Label more cells (see the learning "
+                             "curve, --curve) or check that the labels and crops are right")
+    elif gate_error is not None:
+        report["refusal"] = str(gate_error)
+    write_adapt_report(out, report)
+    _finish_manifest(out, report, deployable)
+    return report
+
+
+def _bn_cells(x_fit, x_val, x_unl, cfg: AdaptConfig) -> np.ndarray:
+    cells = np.concatenate([x_unl, x_fit, x_val])
+    if len(cells) > cfg.bn_max_cells:
+        cells = cells[np.sort(np.random.default_rng(cfg.seed).permutation(len(cells))[:cfg.bn_max_cells])]
+    return cells
+
+
+def learning_curve(predictor, state, plan: SitePlan, spec, test, replay, cfg: AdaptConfig, progress) -> dict:
+    """Held-out accuracy after adapting on k labelled cells per class (several seeds), from the
+    BatchNorm-re-estimated model; BatchNorm statistics are not re-estimated per point."""
+    x_test, y_test = test
+    x_rep, y_rep = replay
+    model = predictor.keras_model
+    final = model.get_weights()
+    pool = plan.fit + plan.val
+    largest = max(sum(r.label == c for r in pool) for c in plan.adapted)
+    points = []
+    for k in cfg.curve_sizes:
+        k_eff = largest if k == 0 else k
+        if k and k > largest:
+            continue
+        for s in range(cfg.curve_seeds):
+            rng = np.random.default_rng(1000 + s)
+            chosen = []
+            for c in plan.adapted:
+                rows = [r for r in pool if r.label == c]
+                chosen += [rows[i] for i in sorted(rng.permutation(len(rows))[:k_eff])]
+            sub = plan_curve_split(chosen, cfg.val_share, 1000 + s)
+            progress(f"learning curve: {k or 'all'} per class, seed {s}: {len(sub[0])} fit, {len(sub[1])} val")
+            model.set_weights(state)
+            x_f, y_f = site_inputs(sub[0], spec), class_indices(r.label for r in sub[0])
+            x_v, y_v = site_inputs(sub[1], spec), class_indices(r.label for r in sub[1])
+            fine_tune(model, np.concatenate([x_f, x_rep]), np.concatenate([y_f, y_rep]),
+                      sample_weights(y_f, len(x_rep), cfg.replay_weight), x_v, y_v, cfg, cfg.seed + s, lambda m: None)
+            acc = float((predictor.predict_many(x_test).argmax(1) == y_test).mean())
+            points.append({"per_class": k or "all", "cells": len(chosen), "seed": s, "accuracy": acc})
+    model.set_weights(final)
+    return {"points": points, "held_out_cells": len(y_test)}
+
+
+def plan_curve_split(rows: list[Record], val_share: float, seed: int) -> tuple[list[Record], list[Record]]:
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for c in CLASSES:
+        of = [rows[i] for i in rng.permutation(len(rows)) if rows[i].label == c]
+        n_val = max(1, round(len(of) * val_share)) if len(of) > 3 else 0
+        val += of[:n_val]
+        fit += of[n_val:]
+    return fit, val
+
+
+def _write_run(run_out: Path, parent: Parent, model, spec, plan: SitePlan, cfg: AdaptConfig, history) -> None:
+    from wbcedge.provenance import file_sha256, package_versions
+
+    if run_out.exists():
+        shutil.rmtree(run_out)
+    run_out.mkdir(parents=True)
+    model.save(run_out / "model.keras")
+    spec.save(run_out)
+    (run_out / "labels.json").write_text(json.dumps(list(CLASSES)) + "\n")
+    records = ([replace(r, split="train") for r in plan.fit] + [replace(r, split="val") for r in plan.val]
+               + [replace(r, split="test") for r in plan.test])
+    write_data_manifest(records, run_out / "site.csv")
+    parent_cfg = json.loads((parent.run_dir / "config.json").read_text())
+    (run_out / "config.json").write_text(json.dumps(
+        {**parent_cfg, "manifest": str((run_out / "site.csv").resolve()), "batch_size": cfg.batch_size,
+         "adapted_from": str(parent.run_dir), "adapt": asdict(cfg)}, indent=2) + "\n")
+    (run_out / "manifest.sha256").write_text(file_sha256(run_out / "site.csv") + "\n")
+    (run_out / "versions.json").write_text(json.dumps(package_versions(), indent=2) + "\n")
+    (run_out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+
+
+def _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progress):
+    """Export through the gate with the site's held-out cells as its test set.
+
+    Calibration: the site's cells (what the device will see) topped up with replayed parent
+    cells. The gate's budget is widened to one held-out cell where that is more than the
+    default budget (one cell of six is 17 points, which no quantization can promise).
+    """
+    from wbcedge.train.export import ExportOptions, GateFailed, export
+
+    calibration = np.concatenate([x_unl, x_fit, x_val, x_rep])[:max(cfg.calib, 1)]
+    supports = [v["held_out"] for v in plan.counts().values() if v["held_out"]]
+    opts = ExportOptions(int8=True, formats=tuple(cfg.formats), data=str(run_out / "site.csv"), seed=cfg.seed, calibration_override=calibration,
+                         threshold=cfg.threshold if cfg.threshold is not None else parent.threshold,
+                         max_drop=max(cfg.max_drop, 100.0 / len(plan.test) + 1e-6),
+                         max_class_drop=max(cfg.max_class_drop, 100.0 / min(supports) + 1e-6))
+    try:
+        return export(run_out, out, opts, progress=lambda m: progress("  " + m)), None
+    except GateFailed as e:
+        return e.report, e
+
+
+def _forgetting(run_dir: Path, predictor, int8_file: Path, progress) -> dict | None:
+    """Accuracy on the parent's own test split, parent vs adapted (None when its images are absent)."""
+    from wbcedge.device.runtime import Classifier
+    from wbcedge.evaluation.metrics import proportion_ci
+    from wbcedge.train.export import _resolve_manifest
+    from wbcedge.train.run_folder import load_run
+
+    try:
+        manifest = _resolve_manifest(run_dir, None)
+        test = [r for r in read_manifest(manifest) if r.split == "test"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    if not test or not all(Path(r.path).is_file() for r in test):
+        progress("  the parent's test images are not here: forgetting not measured")
+        return None
+    x, y = site_inputs(test, predictor.spec), class_indices(r.label for r in test)
+    out = {"manifest": str(manifest), "images": len(y)}
+    for name, probs in (("parent", load_run(run_dir).predict_many(x)), ("adapted_float", predictor.predict_many(x)),
+                        ("adapted_int8", Classifier(int8_file).predict_many(x))):
+        correct = int((probs.argmax(1) == y).sum())
+        out[name] = {"accuracy": correct / len(y), "accuracy_ci95": list(proportion_ci(correct, len(y)))}
+    return out
+
+
+def _finish_manifest(out: Path, report: dict, deployable: bool) -> None:
+    """Add the adaptation's provenance to the bundle manifest and re-hash the bundle's files."""
+    manifest = json.loads((out / MANIFEST).read_text())
+    meta = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "created", "files")}
+    meta["deployable"] = deployable
+    meta["source_run"] = Path(report["run"]).name
+    held = report["held_out"]
+    meta["adaptation"] = {
+        "parent_run": report["parent"]["run"],
+        "parent_bundle_manifest_sha256": report["parent"]["bundle_manifest_sha256"],
+        "site_data_sha256": report["site"]["data_sha256"],
+        "site_counts": report["site"]["counts"],
+        "adapted_classes": report["site"]["adapted"], "not_adapted_classes": report["site"]["not_adapted"],
+        "unlabelled_cells": report["site"]["unlabelled_cells"],
+        "held_out_accuracy": {k: held[k]["accuracy"] for k in ("parent", "adapted_int8")},
+        "better_than_parent": report["better_than_parent"],
+    }
+    write_manifest(out, meta)

@@ -1,0 +1,139 @@
+"""The adaptation report: held-out accuracy at each step with 95% intervals, McNemar's test of
+parent against adapted, per-class recall, forgetting and the learning curve, as
+`adapt-report.json`, `adapt-report.md` and `adapt-report.png` in the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from wbcedge.evaluation.metrics import _figure, classification_results, mcnemar
+from wbcedge.jsonable import to_jsonable
+
+STAGE_NAMES = {"parent": "parent (as given)", "batchnorm": "BatchNorm re-estimated",
+               "adapted_float": "adapted, float", "adapted_int8": "adapted, int8 (the bundle's default)"}
+
+
+def held_out_results(y_test: np.ndarray, stages: dict[str, np.ndarray], classes: list[str]) -> dict:
+    """classification_results for every stage, and McNemar parent vs adapted int8 (same cells)."""
+    out = {name: classification_results(y_test, probs, classes) for name, probs in stages.items()}
+    out["mcnemar_parent_vs_adapted"] = mcnemar(y_test, stages["parent"], stages["adapted_int8"],
+                                               names=("parent", "adapted"))
+    return out
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci) -> str:
+    return "-" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}"
+
+
+def report_markdown(report: dict) -> str:
+    held, site = report["held_out"], report["site"]
+    n = held["parent"]["n"]
+    lines = [f"# Adaptation report: {report['bundle']}", "",
+             f"Parent: `{report['parent']['run']}`. Site cells: {site['data']}"
+             + (f" (held-out cells from {site['test']})" if site["test"] else "")
+             + f"; {site['unlabelled_cells']} unlabelled cells; {site['replayed_parent_cells']} parent cells replayed.",
+             (f"Adapted classes: {', '.join(site['adapted'])}; not adapted (no site cells): "
+             f"{', '.join(site['not_adapted']) or 'none'}."), "",
+             f"**Deployable: {'yes' if report['deployable'] else 'NO'}**"
+             + (f" - {report['refusal']}" if report.get("refusal") else ""), "",
+             f"## Held-out site cells ({n}, never trained or selected on)", "",
+             "| step | accuracy | 95% CI |", "|---|---|---|"]
+    for key, label in STAGE_NAMES.items():
+        if key in held:
+            lines.append(f"| {label} | {_pct(held[key]['accuracy'])} | {_ci(held[key]['accuracy_ci95'])} |")
+    m = held["mcnemar_parent_vs_adapted"]
+    lines += ["", (f"McNemar (exact), parent vs adapted int8: {m['b']} cells only the parent got right, {m['c']} only "
+                  f"the adapted model; p = {m['p_value']:.3g} ({m['better']})."), "",
+              "| class | fit / val / held out | parent recall (95% CI) | adapted int8 recall (95% CI) |",
+              "|---|---|---|---|"]
+    for c in held["parent"]["classes"]:
+        counts = site["counts"][c]
+        p, a = held["parent"]["per_class"][c], held["adapted_int8"]["per_class"][c]
+        lines.append(f"| {c} | {counts['fit']} / {counts['val']} / {counts['held_out']} | {_pct(p['recall']) if p['support'] else '-'} "
+                     f"({_ci(p['recall_ci95'])}) | {_pct(a['recall']) if a['support'] else '-'} ({_ci(a['recall_ci95'])}) |")
+    gate = report["export_gate"]
+    lines += ["", f"Export gate (int8 against float on the held-out cells; budget {gate['budget']['max_drop_pp']:.2f} "
+                  f"points, {gate['budget']['max_class_drop_pp']:.2f} per class): "
+                  + ("passed" if not gate["failures"] else "; ".join(gate["failures"])) + "."]
+    f = report.get("forgetting")
+    lines += ["", "## Forgetting (the parent's own test set)", ""]
+    if f:
+        lines += [f"{f['images']} images of `{f['manifest']}`: "
+                  + ", ".join(f"{k.replace('_', ' ')} {_pct(f[k]['accuracy'])} ({_ci(f[k]['accuracy_ci95'])})"
+                              for k in ("parent", "adapted_float", "adapted_int8")) + "."]
+    else:
+        lines += ["Not measured: the parent's test images are not on this machine."]
+    curve = report.get("learning_curve")
+    if curve:
+        lines += ["", f"## Learning curve (held-out accuracy, {curve['held_out_cells']} cells)", "",
+                  "| labelled cells per class | cells | accuracy per seed | mean |", "|---|---|---|---|"]
+        for k, pts in _curve_groups(curve).items():
+            accs = [p["accuracy"] for p in pts]
+            lines.append(f"| {k} | {pts[0]['cells']} | {', '.join(_pct(a) for a in accs)} | {_pct(float(np.mean(accs)))} |")
+    lines += ["", "![held-out recall and learning curve](adapt-report.png)", ""]
+    return "\n".join(lines)
+
+
+def _curve_groups(curve: dict) -> dict:
+    groups: dict = {}
+    for p in curve["points"]:
+        groups.setdefault(p["per_class"], []).append(p)
+    return groups
+
+
+def plot_report(path: Path, report: dict) -> Path:
+    held = report["held_out"]
+    classes = held["parent"]["classes"]
+    curve = report.get("learning_curve")
+    fig = _figure(10 if curve else 6, 3.6)
+    axes = fig.subplots(1, 2 if curve else 1)
+    ax = axes[0] if curve else axes
+    xs = np.arange(len(classes))
+    for offset, key, colour in ((-0.2, "parent", "#999999"), (0.2, "adapted_int8", "#1f77b4")):
+        rec, err = [], [[], []]
+        for c in classes:
+            pc = held[key]["per_class"][c]
+            r = pc["recall"] if pc["support"] else np.nan
+            lo, hi = pc["recall_ci95"] or (r, r)
+            rec.append(r)
+            err[0].append(max(0.0, r - lo) if pc["support"] else 0)
+            err[1].append(max(0.0, hi - r) if pc["support"] else 0)
+        ax.bar(xs + offset, rec, 0.4, yerr=err, capsize=3, color=colour,
+               label=f"{STAGE_NAMES[key]}: {_pct(held[key]['accuracy'])}")
+    ax.set_xticks(xs, [f"{c}\n(n={held['parent']['per_class'][c]['support']})" for c in classes], fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("recall on held-out site cells (95% CI)")
+    ax.legend(fontsize=7, loc="lower right")
+    if curve:
+        ax2 = axes[1]
+        groups = _curve_groups(curve)
+        x = [pts[0]["cells"] for pts in groups.values()]
+        for i, (k, pts) in enumerate(groups.items()):
+            ax2.scatter([pts[0]["cells"]] * len(pts), [p["accuracy"] for p in pts], color="#1f77b4", s=12)
+        ax2.plot(x, [np.mean([p["accuracy"] for p in pts]) for pts in groups.values()], "-o", color="#1f77b4")
+        for k, xv in zip(groups, x):
+            ax2.annotate(f"{k}/class", (xv, 0.02), fontsize=7, ha="center")
+        ax2.axhline(held["parent"]["accuracy"], color="#999999", ls="--", label="parent")
+        ax2.set_ylim(0, 1.05)
+        ax2.set_xlabel("labelled site cells")
+        ax2.set_ylabel("held-out accuracy")
+        ax2.legend(fontsize=7)
+        ax2.grid(alpha=0.3)
+    fig.suptitle("wbcedge adapt: held-out site cells", fontsize=10)
+    fig.savefig(path)
+    return path
+
+
+def write_adapt_report(folder: Path, report: dict) -> None:
+    folder = Path(folder)
+    (folder / "adapt-report.json").write_text(json.dumps(report, indent=2, default=to_jsonable) + "\n")
+    (folder / "adapt-report.md").write_text(report_markdown(report))
+    plot_report(folder / "adapt-report.png", report)

@@ -1,0 +1,218 @@
+"""The site's cells for `wbcedge adapt`: labelled cells split into fit / val / held-out,
+unlabelled cells for the normalisation statistics, and the refusals that keep the result
+honest. No TensorFlow here, so every refusal is checked before a model is loaded.
+
+Labelled cells come as a class-folder tree (`DIR/<class>/*.jpg`, what `wbcedge review
+export` writes) or a wbcedge data manifest (rows with split `test` are taken as the held-out
+cells; `excluded` rows are ignored). Unlabelled cells are crops, or frames that the locator
+crops with the model's own preprocessing spec, as the runner does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wbcedge.data.manifest import EXCLUDED, IMAGE_SUFFIXES, Record, read_manifest
+from wbcedge.errors import InputDataError
+from wbcedge.labels import CLASSES, UnknownClassError
+from wbcedge.preprocess import PreprocessSpec, crop_around_cell, read_image, to_model_input
+
+MIN_FIT_PER_CLASS = 3
+"""A class with fewer labelled cells to learn from is refused: 1-2 cells teach the model a
+picture, not a class (and leave nothing for the validation part that stops training)."""
+
+MIN_HELD_OUT = 20
+"""Fewer held-out cells cannot tell a better model from the parent: with 20 cells an
+accuracy of 80% has an exact 95% interval of 56-94%, already 38 points wide; with 10 it
+is 44-97%. The held-out cells are the gate's test set, so below this the gate says nothing."""
+
+FRAME_MIN_SIDE = 400
+"""An unlabelled image whose shorter side is at least this many pixels is a frame: the
+locator finds its cells and the spec crops them. Smaller images are single-cell crops."""
+
+
+class AdaptDataError(InputDataError):
+    """Site data that cannot support an adaptation; the message says what to add or change."""
+
+
+@dataclass
+class SitePlan:
+    fit: list[Record]
+    val: list[Record]
+    test: list[Record]
+    test_given: bool                      # held-out cells came separately (--test), not split off --data
+    adapted: list[str] = field(default_factory=list)
+    not_adapted: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for c in CLASSES:
+            out[c] = {part: sum(r.label == c for r in rows)
+                      for part, rows in (("fit", self.fit), ("val", self.val), ("held_out", self.test))}
+        return out
+
+    def data_sha256(self) -> str:
+        """One hash of the site's labelled cells: the bytes and label of every cell, in any order."""
+        lines = sorted(f"{r.sha256} {r.label} {part}" for part, rows in
+                       (("fit", self.fit), ("val", self.val), ("held_out", self.test)) for r in rows)
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def read_labelled(source: Path) -> list[Record]:
+    """Records of a class-folder tree or a data manifest; unknown class names are refused."""
+    source = Path(source)
+    if not source.exists():
+        raise AdaptDataError(f"{source}: no such folder or manifest; give the site's labelled cells as "
+                             "DIR/<class>/*.jpg (what `wbcedge review export` writes) or a data manifest CSV")
+    if source.is_file():
+        try:
+            records = read_manifest(source)
+        except ValueError as e:
+            raise AdaptDataError(str(e)) from None
+        records = [r for r in records if r.split != EXCLUDED]
+        unknown = sorted({r.label for r in records} - set(CLASSES))
+        if unknown:
+            raise UnknownClassError(f"{source}: labels {unknown} are not white blood cell classes; "
+                                    f"known: {', '.join(CLASSES)}. Fix the label column (or re-index the folder "
+                                    "with `wbcedge data index --map NAME=CLASS`)")
+        return records
+    from wbcedge.data.index import index_folder
+
+    try:
+        return index_folder(source).records
+    except (FileNotFoundError, ValueError) as e:
+        if isinstance(e, UnknownClassError):
+            raise
+        raise AdaptDataError(str(e)) from None
+
+
+def plan_site(data: Path, holdout: float = 0.3, seed: int = 0, test: Path | None = None,
+              val_share: float = 0.2) -> SitePlan:
+    """Split the site's labelled cells (stratified, seeded) and refuse what cannot work.
+
+    Held-out cells: the `test` source when given, else the manifest's `test` rows, else a
+    `holdout` share of each class (rounded, leaving MIN_FIT_PER_CLASS to learn from).
+    Of the rest, `val_share` of each class (at least one cell) stops the fine-tuning early.
+    Identical bytes (same sha256) always stay on one side.
+    """
+    if not 0.0 < holdout < 1.0:
+        raise AdaptDataError(f"--holdout {holdout}: give the share of labelled cells kept for the check, "
+                             "between 0 and 1 (0.3 keeps 30%)")
+    records = read_labelled(data)
+    if not records:
+        raise AdaptDataError(f"{data} holds no labelled cells: put crops under {data}/<class>/")
+    if test is not None:
+        held = [r for r in read_labelled(test) if r.split != EXCLUDED]
+        train_side = records
+    elif any(r.split == "test" for r in records):
+        held = [r for r in records if r.split == "test"]
+        train_side = [r for r in records if r.split != "test"]
+    else:
+        held, train_side = [], records
+    rng = np.random.default_rng(seed)
+    groups = _groups_by_class(train_side)
+    too_few = {c: len(g) for c, g in groups.items() if 0 < len(g) < MIN_FIT_PER_CLASS}
+    if too_few:
+        listing = ", ".join(f"{c}: {n}" for c, n in sorted(too_few.items()))
+        raise AdaptDataError(f"too few labelled cells to adapt ({listing}); each class given needs at least "
+                             f"{MIN_FIT_PER_CLASS} distinct cells. Label more of these, or remove the class "
+                             "folder to keep the model's original behaviour for it")
+    fit, val = [], []
+    for cells in groups.values():
+        order = [cells[i] for i in rng.permutation(len(cells))]
+        if test is None and not any(r.split == "test" for r in records):
+            n_held = min(round(len(order) * holdout), len(order) - MIN_FIT_PER_CLASS)
+            held += [r for g in order[:n_held] for r in g]
+            order = order[n_held:]
+        n_val = max(1, round(len(order) * val_share)) if len(order) > MIN_FIT_PER_CLASS else 0
+        val += [r for g in order[:n_val] for r in g]
+        fit += [r for g in order[n_val:] for r in g]
+    _check_no_overlap(fit + val, held)
+    _check_held_out(held, groups)
+    adapted = [c for c in CLASSES if c in groups]
+    return SitePlan(fit, val, held, test is not None, adapted, [c for c in CLASSES if c not in groups])
+
+
+def _groups_by_class(records: list[Record]) -> dict[str, list[list[Record]]]:
+    """Per class, cells grouped by identical bytes, in a stable order."""
+    by_hash: dict[tuple[str, str], list[Record]] = {}
+    for r in sorted(records, key=lambda r: r.path):
+        by_hash.setdefault((r.label, r.sha256 or r.path), []).append(r)
+    out: dict[str, list[list[Record]]] = {}
+    for (label, _), group in by_hash.items():
+        out.setdefault(label, []).append(group)
+    return out
+
+
+def _check_no_overlap(train_side: list[Record], held: list[Record]) -> None:
+    shared = {r.sha256 for r in train_side if r.sha256} & {r.sha256 for r in held if r.sha256}
+    if shared:
+        raise AdaptDataError(f"{len(shared)} cell(s) are both among the cells to learn from and the held-out cells "
+                             "(identical bytes): the check would be trained on. Remove them from one side")
+
+
+def _check_held_out(held: list[Record], groups: dict) -> None:
+    counts = Counter(r.label for r in held)
+    if len(held) < MIN_HELD_OUT:
+        have = sum(len(g) for gs in groups.values() for g in gs) + len(held)
+        raise AdaptDataError(
+            f"only {len(held)} held-out labelled cells; at least {MIN_HELD_OUT} are needed to tell the adapted "
+            f"model from the original (with {MIN_HELD_OUT} cells an 80% accuracy has a 95% interval of 56-94%, "
+            f"fewer make it wider than any gain). Label more cells ({have} now; about "
+            f"{math.ceil(MIN_HELD_OUT / 0.3)} in all at --holdout 0.3), raise --holdout, or give --test CELLS")
+    missing = [c for c in groups if counts[c] == 0]
+    if missing:
+        raise AdaptDataError(f"no held-out cells of {', '.join(missing)}: their recall could not be checked. "
+                             "Label more of them or raise --holdout")
+
+
+# ---------------------------------------------------------------- model inputs
+
+def site_inputs(records: list[Record], spec: PreprocessSpec) -> np.ndarray:
+    """Model inputs of labelled crops, through the spec's own preprocessing."""
+    from wbcedge.preprocess import load_inputs
+
+    return load_inputs([r.path for r in records], spec, workers=2)
+
+
+def unlabelled_inputs(source: Path | None, spec: PreprocessSpec, limit: int = 0, seed: int = 0) -> np.ndarray:
+    """Model inputs of a folder of unlabelled site images (searched recursively).
+
+    Frames (shorter side >= FRAME_MIN_SIDE) are cut into cells by the locator and the
+    spec's crop policy, exactly as `wbcedge run` cuts them; smaller images are crops.
+    `limit` > 0 keeps that many images, drawn with `seed`.
+    """
+    empty = np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
+    if source is None:
+        return empty
+    source = Path(source)
+    if not source.is_dir():
+        raise AdaptDataError(f"--unlabelled {source}: not a folder; give a folder of the site's cell crops or frames")
+    paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if limit and len(paths) > limit:
+        paths = [paths[i] for i in sorted(np.random.default_rng(seed).permutation(len(paths))[:limit])]
+    out = []
+    for p in paths:
+        try:
+            image = read_image(p)
+        except ValueError:
+            continue
+        if min(image.shape[:2]) >= FRAME_MIN_SIDE:
+            out += _frame_cells(image, spec)
+        else:
+            out.append(to_model_input(image, spec))
+    return np.stack(out) if out else empty
+
+
+def _frame_cells(frame: np.ndarray, spec: PreprocessSpec) -> list[np.ndarray]:
+    from wbcedge.device.locate import estimate_um_per_px, locate_cells
+
+    scale = estimate_um_per_px([frame])
+    return [to_model_input(crop_around_cell(frame, cell.box, spec, scale), spec)
+            for cell in locate_cells(frame, um_per_px=scale)]
