@@ -365,8 +365,8 @@ def learning_curve(predictor, state, plan: SitePlan, spec, test, replay, cfg: Ad
     points = []
     for k in cfg.curve_sizes:
         k_eff = largest if k == 0 else k
-        if k and k > largest:
-            continue
+        if (k and k > largest) or (k == 0 and largest in cfg.curve_sizes):
+            continue   # more than there are, or "all" when that is one of the sizes already
         for s in range(cfg.curve_seeds):
             rng = np.random.default_rng(1000 + s)
             chosen = []
@@ -421,13 +421,13 @@ def _write_run(run_out: Path, parent: Parent, model, spec, plan: SitePlan, cfg: 
 def _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progress):
     """Export through the gate with the site's held-out cells as its test set.
 
-    Calibration: the site's cells (what the device will see) topped up with replayed parent
-    cells. The gate's budget is widened to one held-out cell where that is more than the
+    Calibration: the site's cells (what the device will see) and their turned and mirrored
+    views, topped up with replayed parent cells. The gate's budget is widened to one held-out cell where that is more than the
     default budget (one cell of six is 17 points, which no quantization can promise).
     """
     from wbcedge.train.export import ExportOptions, GateFailed, export
 
-    calibration = np.concatenate([x_unl, x_fit, x_val, x_rep])[:max(cfg.calib, 1)]
+    calibration = calibration_inputs(np.concatenate([x_unl, x_fit, x_val]), x_rep, cfg.calib)
     supports = [v["held_out"] for v in plan.counts().values() if v["held_out"]]
     opts = ExportOptions(int8=True, formats=tuple(cfg.formats), data=str(run_out / "site.csv"), seed=cfg.seed, calibration_override=calibration,
                          threshold=cfg.threshold if cfg.threshold is not None else parent.threshold,
@@ -437,6 +437,14 @@ def _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progres
         return export(run_out, out, opts, progress=lambda m: progress("  " + m)), None
     except GateFailed as e:
         return e.report, e
+
+
+def calibration_inputs(site: np.ndarray, replay: np.ndarray, n: int) -> np.ndarray:
+    """`n` calibration inputs: the site's cells, then their quarter turns and mirror images
+    (the same cells as the microscope may show them), then the replayed parent cells."""
+    views = [site, np.rot90(site, 1, axes=(1, 2)), site[:, :, ::-1], np.rot90(site, 3, axes=(1, 2)),
+             site[:, ::-1], np.rot90(site, 2, axes=(1, 2))]
+    return np.ascontiguousarray(np.concatenate([*views, replay])[:max(n, 1)])
 
 
 def _forgetting(run_dir: Path, predictor, int8_file: Path, progress) -> dict | None:

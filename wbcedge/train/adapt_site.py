@@ -175,10 +175,11 @@ def _check_held_out(held: list[Record], groups: dict) -> None:
 # ---------------------------------------------------------------- model inputs
 
 def site_inputs(records: list[Record], spec: PreprocessSpec) -> np.ndarray:
-    """Model inputs of labelled crops, through the spec's own preprocessing."""
-    from wbcedge.preprocess import load_inputs
-
-    return load_inputs([r.path for r in records], spec, workers=2)
+    """Model inputs of labelled crops, through the spec's own preprocessing (in this process:
+    a few hundred small crops, and no fork of a process that has TensorFlow loaded)."""
+    if not records:
+        return np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
+    return np.stack([to_model_input(read_image(Path(r.path)), spec) for r in records])
 
 
 def unlabelled_inputs(source: Path | None, spec: PreprocessSpec, limit: int = 0, seed: int = 0) -> np.ndarray:

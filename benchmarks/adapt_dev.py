@@ -1,0 +1,66 @@
+"""Choose the adapt recipe on the site's LABELLED cells only (never on the held-out check).
+
+    PYTHONPATH=$PWD nice -n 10 python benchmarks/adapt_dev.py build/adapt-bccd/labelled \
+        --unlabelled build/adapt-bccd/unlabelled --configs '[{}, {"learning_rate": 5e-4}]'
+
+For each candidate setting and each split seed, the labelled cells are split as `wbcedge adapt
+--holdout 0.3` splits them; the model adapts on the rest and is scored (float) on that part.
+This is what a lab can do with its own labels; the BCCD held-out cells are not read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from wbcedge.labels import class_indices
+from wbcedge.train.adapt import (AdaptConfig, DEFAULT_RUN, _bn_cells, fine_tune, reestimate_batchnorm,
+                                 replay_records, sample_weights)
+from wbcedge.train.adapt_site import plan_site, site_inputs, unlabelled_inputs
+from wbcedge.train.run_folder import load_run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--unlabelled", type=Path)
+    ap.add_argument("--configs", default="[{}]", help="JSON list of AdaptConfig overrides")
+    ap.add_argument("--splits", type=int, default=2)
+    ap.add_argument("--holdout", type=float, default=0.3)
+    args = ap.parse_args()
+    predictor = load_run(DEFAULT_RUN)
+    model, spec = predictor.keras_model, predictor.spec
+    initial = model.get_weights()
+    x_unl = unlabelled_inputs(args.unlabelled, spec)
+    for overrides in json.loads(args.configs):
+        if "augment" in overrides:
+            overrides["augment"] = {**AdaptConfig().augment, **overrides["augment"]}
+        cfg = replace(AdaptConfig(), **overrides)
+        replay = replay_records(DEFAULT_RUN, cfg.replay_per_class, cfg.seed)
+        x_rep, y_rep = site_inputs(replay, spec), class_indices(r.label for r in replay)
+        accs, bn_accs, epochs, t0 = [], [], [], time.time()
+        for split in range(args.splits):
+            plan = plan_site(args.data, args.holdout, split, None, cfg.val_share)
+            x_fit, y_fit = site_inputs(plan.fit, spec), class_indices(r.label for r in plan.fit)
+            x_val, y_val = site_inputs(plan.val, spec), class_indices(r.label for r in plan.val)
+            x_test, y_test = site_inputs(plan.test, spec), class_indices(r.label for r in plan.test)
+            model.set_weights(initial)
+            reestimate_batchnorm(model, _bn_cells(x_fit, x_val, x_unl, cfg), cfg.bn_chunk)
+            bn_accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))
+            history = fine_tune(model, np.concatenate([x_fit, x_rep]), np.concatenate([y_fit, y_rep]),
+                                sample_weights(y_fit, len(x_rep), cfg.replay_weight), x_val, y_val, cfg, cfg.seed,
+                                lambda m: None)
+            epochs.append((len(history), round(history[-1].get("accuracy", float("nan")), 3)))
+            accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))
+        print(json.dumps({"config": overrides, "dev_accuracy": accs, "mean": float(np.mean(accs)),
+                          "batchnorm_only": bn_accs, "epochs_and_last_train_accuracy": epochs, "seconds": round(time.time() - t0)}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
