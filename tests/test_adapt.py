@@ -140,3 +140,22 @@ def test_adapt_raises_held_out_accuracy_and_writes_a_bundle_that_verifies(tmp_pa
         assert (tmp_path / "bundle" / name).is_file()
     saved = json.loads((tmp_path / "bundle" / "adapt-report.json").read_text())
     assert saved["deployable"] == bundle.deployable == report["deployable"]
+
+
+def test_a_review_export_folder_uses_only_reviewer_labelled_cells(tmp_path):
+    import csv
+
+    from wbcedge.data import FIELDS, index_folder
+    data = _cells(tmp_path / "export", {"lymphocyte": 30, "neutrophil": 30})
+    records = index_folder(data).records
+    with open(data / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*FIELDS, "reviewer"])
+        writer.writeheader()
+        for i, r in enumerate(records):
+            row = {k: getattr(r, k) for k in FIELDS}
+            row["path"] = str(Path(r.path).relative_to(data))
+            writer.writerow({**row, "reviewer": "" if i % 3 == 0 else "ana"})
+    with pytest.raises(AdaptDataError, match=r"only 12 held-out.*\(40 now"):
+        plan_site(data)
+    plan = plan_site(data, holdout=0.5)
+    assert len(plan.fit) + len(plan.val) + len(plan.test) == 40

@@ -2,8 +2,8 @@
 unlabelled cells for the normalisation statistics, and the refusals that keep the result
 honest. No TensorFlow here, so every refusal is checked before a model is loaded.
 
-Labelled cells come as a class-folder tree (`DIR/<class>/*.jpg`, what `wbcedge review
-export` writes) or a wbcedge data manifest (rows with split `test` are taken as the held-out
+Labelled cells come as a class-folder tree (`DIR/<class>/*.jpg`; with `DIR/manifest.csv`, as
+`wbcedge review export` writes it, only reviewer-labelled rows are used) or a wbcedge data manifest (rows with split `test` are taken as the held-out
 cells; `excluded` rows are ignored). Unlabelled cells are crops, or frames that the locator
 crops with the model's own preprocessing spec, as the runner does.
 """
@@ -31,6 +31,9 @@ MIN_HELD_OUT = 20
 """Fewer held-out cells cannot tell a better model from the parent: with 20 cells an
 accuracy of 80% has an exact 95% interval of 56-94%, already 38 points wide; with 10 it
 is 44-97%. The held-out cells are the gate's test set, so below this the gate says nothing."""
+
+REVIEW_MANIFEST = "manifest.csv"
+"""`wbcedge review export` writes DIR/<class>/*.jpg and this manifest, which says who labelled each cell."""
 
 FRAME_MIN_SIDE = 400
 """An unlabelled image whose shorter side is at least this many pixels is a frame: the
@@ -70,9 +73,11 @@ def read_labelled(source: Path) -> list[Record]:
     if not source.exists():
         raise AdaptDataError(f"{source}: no such folder or manifest; give the site's labelled cells as "
                              "DIR/<class>/*.jpg (what `wbcedge review export` writes) or a data manifest CSV")
+    if source.is_dir() and (source / REVIEW_MANIFEST).is_file():
+        source = source / REVIEW_MANIFEST
     if source.is_file():
         try:
-            records = read_manifest(source)
+            records = _reviewed_only(source, read_manifest(source))
         except ValueError as e:
             raise AdaptDataError(str(e)) from None
         records = [r for r in records if r.split != EXCLUDED]
@@ -90,6 +95,18 @@ def read_labelled(source: Path) -> list[Record]:
         if isinstance(e, UnknownClassError):
             raise
         raise AdaptDataError(str(e)) from None
+
+
+def _reviewed_only(path: Path, records: list[Record]) -> list[Record]:
+    """Drop rows a `wbcedge review export --include-unreviewed` wrote with the model's own label
+    (no reviewer): adapting on them would teach the model its own mistakes."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "reviewer" not in rows[0]:
+        return records
+    return [r for r, row in zip(records, rows) if (row.get("reviewer") or "").strip()]
 
 
 def plan_site(data: Path, holdout: float = 0.3, seed: int = 0, test: Path | None = None,
@@ -123,10 +140,11 @@ def plan_site(data: Path, holdout: float = 0.3, seed: int = 0, test: Path | None
         raise AdaptDataError(f"too few labelled cells to adapt ({listing}); each class given needs at least "
                              f"{MIN_FIT_PER_CLASS} distinct cells. Label more of these, or remove the class "
                              "folder to keep the model's original behaviour for it")
+    split_off = test is None and not any(r.split == "test" for r in records)
     fit, val = [], []
     for cells in groups.values():
         order = [cells[i] for i in rng.permutation(len(cells))]
-        if test is None and not any(r.split == "test" for r in records):
+        if split_off:
             n_held = min(round(len(order) * holdout), len(order) - MIN_FIT_PER_CLASS)
             held += [r for g in order[:n_held] for r in g]
             order = order[n_held:]
@@ -134,7 +152,7 @@ def plan_site(data: Path, holdout: float = 0.3, seed: int = 0, test: Path | None
         val += [r for g in order[:n_val] for r in g]
         fit += [r for g in order[n_val:] for r in g]
     _check_no_overlap(fit + val, held)
-    _check_held_out(held, groups)
+    _check_held_out(held, groups, len(train_side) + (len(held) if split_off is False else 0))
     adapted = [c for c in CLASSES if c in groups]
     return SitePlan(fit, val, held, test is not None, adapted, [c for c in CLASSES if c not in groups])
 
@@ -157,10 +175,9 @@ def _check_no_overlap(train_side: list[Record], held: list[Record]) -> None:
                              "(identical bytes): the check would be trained on. Remove them from one side")
 
 
-def _check_held_out(held: list[Record], groups: dict) -> None:
+def _check_held_out(held: list[Record], groups: dict, have: int) -> None:
     counts = Counter(r.label for r in held)
     if len(held) < MIN_HELD_OUT:
-        have = sum(len(g) for gs in groups.values() for g in gs) + len(held)
         raise AdaptDataError(
             f"only {len(held)} held-out labelled cells; at least {MIN_HELD_OUT} are needed to tell the adapted "
             f"model from the original (with {MIN_HELD_OUT} cells an 80% accuracy has a 95% interval of 56-94%, "
