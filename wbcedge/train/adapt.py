@@ -46,6 +46,7 @@ class AdaptConfig:
     batch_size: int = 8
     learning_rate: float = 1e-4       # Adam; Chossegros et al. used 7e-5 with batch 5 (1e-3 forgot, see docs/adapt.md)
     patience: int = 10                # epochs without a lower validation loss before stopping
+    min_epochs: int = 15              # early stopping watches only from this epoch on (a few validation cells are noisy)
     # Quarter turns and mirror images only: with colour, blur, resolution and scale jitter the
     # model could not fit 50 cells in 40 epochs (train accuracy 65-68%) and did no better on
     # the labelled dev splits (benchmarks/adapt_dev.py, docs/adapt.md). The keys of
@@ -223,7 +224,8 @@ def fine_tune(model, x_fit, y_fit, w_fit, x_val, y_val, cfg: AdaptConfig, seed: 
     if len(x_val):
         val = (x_val.astype(np.float32), y_val)
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                                       restore_best_weights=True))
+                                                       restore_best_weights=True,
+                                                       start_from_epoch=min(cfg.min_epochs, cfg.epochs - 1)))
     model.fit(ds, validation_data=val, epochs=cfg.epochs, callbacks=callbacks, verbose=0)
     return history
 
