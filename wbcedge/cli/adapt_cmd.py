@@ -10,10 +10,13 @@ import typer
 from rich.table import Table
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, err_console, write_json
+from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, write_json
 
 
-@app.command("adapt", rich_help_panel="On the training box")
+@app.command("adapt", rich_help_panel="On the training box", epilog=examples(
+    "wbcedge adapt --data site-cells --out site-bundle",
+    "wbcedge adapt training/runs/default-edge --data site-cells --unlabelled runs/session-20261201-101500 "
+    "--out site-bundle --curve"))
 def adapt_cmd(
     run: Path = typer.Argument(None, help="Run folder (or a bundle naming its source run) to start from; "
                                           "default: the built-in model's run, training/runs/default-edge."),
@@ -21,13 +24,13 @@ def adapt_cmd(
                                                    "any subset of the five classes."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (the adapted run goes to OUT-run/)."),
     unlabelled: Path = typer.Option(None, "--unlabelled", help="Unlabelled site cells or frames (frames are cut by "
-                                                               "the locator) for the normalisation statistics."),
+                                                               "the locator) for the normalisation statistics (default: none, the labelled cells only)."),
     test: Path = typer.Option(None, "--test", help="Held-out labelled cells given separately (then --holdout is "
-                                                   "not used): the gate's test set."),
+                                                   "not used): the gate's test set (default: split off --data)."),
     holdout: float = typer.Option(None, "--holdout", help="Share of each class's labelled cells kept for the check "
                                                           "(default 0.3)."),
     config: Path = typer.Option(None, "--config", "-c", help="Adapt settings (.toml or .json): epochs, "
-                                                             "learning_rate, augment, ..."),
+                                                             "learning_rate, augment, ... (default: wbcedge.train.adapt.AdaptConfig)."),
     seed: int = typer.Option(None, "--seed", help="Seed for the split, augmentation and training (default 0)."),
     epochs: int = typer.Option(None, "--epochs", help="Most fine-tuning epochs (default 40; early stopping)."),
     curve: bool = typer.Option(False, "--curve", help="Also a learning curve (5, 10, 20, all cells per class, two "
