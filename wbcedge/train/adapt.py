@@ -148,6 +148,12 @@ def reestimate_batchnorm(model, inputs: np.ndarray, chunk: int = 64) -> int:
     saved = [(layer.momentum, layer.trainable) for layer in bns]
     for layer in bns:
         layer.trainable = True
+    # Dropout off: the head's BatchNorm layers follow dropout, whose training-mode noise would
+    # inflate the variances they keep for inference.
+    dropouts = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.Dropout)]
+    rates = [layer.rate for layer in dropouts]
+    for layer in dropouts:
+        layer.rate = 0.0
     starts = list(range(0, len(inputs), chunk))
     for i, start in enumerate(starts):
         for layer in bns:
@@ -155,6 +161,8 @@ def reestimate_batchnorm(model, inputs: np.ndarray, chunk: int = 64) -> int:
         model(tf.convert_to_tensor(inputs[start:start + chunk], tf.float32), training=True)
     for layer, (momentum, trainable) in zip(bns, saved):
         layer.momentum, layer.trainable = momentum, trainable
+    for layer, rate in zip(dropouts, rates):
+        layer.rate = rate
     return len(bns)
 
 
@@ -200,6 +208,7 @@ def fine_tune(model, x_fit, y_fit, w_fit, x_val, y_val, cfg: AdaptConfig, seed: 
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()   # the same seed gives the same model (on one machine)
     freeze_batchnorm(model)
     size = int(x_fit.shape[1])
     ds = (tf.data.Dataset.from_tensor_slices((x_fit, y_fit, w_fit.astype(np.float32)))
@@ -287,9 +296,9 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
 
     from wbcedge.train.run_folder import load_run
 
+    keras.utils.set_random_seed(cfg.seed)   # before loading: the dropout layers' seeds are drawn then
     predictor = load_run(parent.run_dir)
     spec, model = predictor.spec, predictor.keras_model
-    keras.utils.set_random_seed(cfg.seed)
     x_fit, y_fit = site_inputs(plan.fit, spec), class_indices(r.label for r in plan.fit)
     x_val, y_val = site_inputs(plan.val, spec), class_indices(r.label for r in plan.val)
     x_test, y_test = site_inputs(plan.test, spec), class_indices(r.label for r in plan.test)
