@@ -49,12 +49,10 @@ class AdaptConfig:
     min_epochs: int = 15              # early stopping watches only from this epoch on (a few validation cells are noisy)
     # Quarter turns and mirror images only: with colour, blur, resolution and scale jitter the
     # model could not fit 50 cells in 40 epochs (train accuracy 65-68%) and did no better on
-    # the labelled dev splits (benchmarks/adapt_dev.py, docs/adapt.md). The keys of
-    # wbcedge.train.training's augmentation plus resolution (down to this share of the side
-    # and back) and zoom (+- scale) can be switched on in --config.
-    augment: dict = field(default_factory=lambda: dict(
-        flips=True, rot90=True, hue=0.0, saturation=0.0, brightness=0.0, contrast=0.0, blur=0.0,
-        resolution=0.0, zoom=0.0))
+    # the labelled dev splits (benchmarks/adapt_dev.py, docs/adapt.md). Any option of
+    # wbcedge.train.augment.AugmentConfig (over its "none" preset) can be switched on in
+    # --config, plus resolution (down to this share of the side and back).
+    augment: dict = field(default_factory=lambda: dict(flips=True, rot90=True))
     replay_per_class: int = 10        # the parent's own training cells mixed in, per class (0 = none)
     replay_weight: float = 0.3        # their loss weight against the site's cells
     bn_max_cells: int = 512           # site cells used for the BatchNorm statistics
@@ -177,32 +175,28 @@ def freeze_batchnorm(model) -> None:
             layer.trainable = False
 
 
-def _augment(tf, cfg: dict, size: int):
-    """The training augmentation, plus resolution loss and scale jitter (soft frames, a wrong scale)."""
-    from wbcedge.train.training import _augment_fn
+def _augment(tf, cfg: dict, cell_fraction: float | None):
+    """`augment(x, y, w, seed)`: the training augmentation (`wbcedge.train.augment`, preset "none"
+    with `cfg`'s options switched on), plus `resolution`: down to that share of the side and back."""
+    from wbcedge.train.augment import AugmentConfig, make_augment
 
-    colour = _augment_fn(tf, cfg, 0)
-    pad = round(size * cfg.get("zoom", 0.0))
+    options = {k: v for k, v in cfg.items() if k != "resolution"}
+    base = make_augment(AugmentConfig.from_dict(options, "none"), cell_fraction)
+    resolution = float(cfg.get("resolution", 0.0))
 
-    def augment(x, y, w):
-        if cfg.get("zoom"):
-            n = tf.shape(x)[0]
-            z = cfg["zoom"]
-            padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-            full = size + 2 * pad
-            half = tf.random.uniform([n, 1], 1 - z, 1 + z) * size / (2.0 * full)
-            centre = 0.5 + tf.random.uniform([n, 2], -0.05, 0.05)
-            boxes = tf.concat([centre - half, centre + half], axis=1)
-            x = tf.image.crop_and_resize(padded, boxes, tf.range(n), [size, size])
-        if cfg.get("resolution"):
-            side = tf.cast(tf.round(size * tf.random.uniform([], cfg["resolution"], 1.0)), tf.int32)
+    def augment(x, y, w, seed):
+        x = base(x, seed)
+        if resolution:
+            size = tf.shape(x)[1]
+            share = tf.random.stateless_uniform([], tf.cast(seed, tf.int64) + 7, resolution, 1.0)
+            side = tf.cast(tf.round(tf.cast(size, tf.float32) * share), tf.int32)
             x = tf.image.resize(tf.image.resize(x, [side, side], antialias=True), [size, size])
-        x, y = colour(x, y)
         return x, y, w
     return augment
 
 
-def fine_tune(model, x_fit, y_fit, w_fit, x_val, y_val, cfg: AdaptConfig, seed: int, progress=print) -> list[dict]:
+def fine_tune(model, x_fit, y_fit, w_fit, x_val, y_val, cfg: AdaptConfig, seed: int, progress=print,
+              cell_fraction: float | None = None) -> list[dict]:
     """Fine-tune in place with early stopping on the validation cells; returns the per-epoch history."""
     import keras
     import tensorflow as tf
@@ -210,12 +204,13 @@ def fine_tune(model, x_fit, y_fit, w_fit, x_val, y_val, cfg: AdaptConfig, seed: 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()   # the same seed gives the same model (on one machine)
     freeze_batchnorm(model)
-    size = int(x_fit.shape[1])
+    step_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     ds = (tf.data.Dataset.from_tensor_slices((x_fit, y_fit, w_fit.astype(np.float32)))
           .shuffle(len(x_fit), seed=seed, reshuffle_each_iteration=True)
-          .batch(cfg.batch_size)
-          .map(lambda x, y, w: (tf.cast(x, tf.float32), y, w))
-          .map(_augment(tf, cfg.augment, size)))
+          .batch(cfg.batch_size))
+    ds = (tf.data.Dataset.zip((ds, step_seeds))
+          .map(lambda xyw, s: (tf.cast(xyw[0], tf.float32), xyw[1], xyw[2], s))
+          .map(_augment(tf, cfg.augment, cell_fraction)))
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(), weighted_metrics=["accuracy"])
     history: list[dict] = []
@@ -317,7 +312,8 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     progress(f"step 2/4: fine-tuning on {len(x_fit)} site cells + {len(x_rep)} replayed parent cells, "
              f"early stopping on {len(x_val)}")
     history = fine_tune(model, np.concatenate([x_fit, x_rep]), np.concatenate([y_fit, y_rep]),
-                        sample_weights(y_fit, len(x_rep), cfg.replay_weight), x_val, y_val, cfg, cfg.seed, progress)
+                        sample_weights(y_fit, len(x_rep), cfg.replay_weight), x_val, y_val, cfg, cfg.seed, progress,
+                        spec.cell_fraction)
     stages["adapted_float"] = predictor.predict_many(x_test)
 
     curve = None
@@ -396,7 +392,8 @@ def learning_curve(predictor, state, plan: SitePlan, spec, test, replay, cfg: Ad
             x_f, y_f = site_inputs(sub[0], spec), class_indices(r.label for r in sub[0])
             x_v, y_v = site_inputs(sub[1], spec), class_indices(r.label for r in sub[1])
             fine_tune(model, np.concatenate([x_f, x_rep]), np.concatenate([y_f, y_rep]),
-                      sample_weights(y_f, len(x_rep), cfg.replay_weight), x_v, y_v, cfg, cfg.seed + s, lambda m: None)
+                      sample_weights(y_f, len(x_rep), cfg.replay_weight), x_v, y_v, cfg, cfg.seed + s, lambda m: None,
+                      spec.cell_fraction)
             acc = float((predictor.predict_many(x_test).argmax(1) == y_test).mean())
             points.append({"per_class": k or "all", "cells": len(chosen), "seed": s, "accuracy": acc})
     model.set_weights(final)
@@ -428,8 +425,10 @@ def _write_run(run_out: Path, parent: Parent, model, spec, plan: SitePlan, cfg: 
     write_data_manifest(records, run_out / "site.csv")
     parent_cfg = json.loads((parent.run_dir / "config.json").read_text())
     (run_out / "config.json").write_text(json.dumps(
-        {**parent_cfg, "manifest": str((run_out / "site.csv").resolve()), "batch_size": cfg.batch_size,
-         "adapted_from": str(parent.run_dir), "adapt": asdict(cfg)}, indent=2) + "\n")
+        {**parent_cfg, "manifest": str((run_out / "site.csv").resolve()), "batch_size": cfg.batch_size},
+        indent=2) + "\n")
+    (run_out / "adapt.json").write_text(json.dumps({"adapted_from": str(parent.run_dir), **asdict(cfg)},
+                                                   indent=2) + "\n")
     (run_out / "manifest.sha256").write_text(file_sha256(run_out / "site.csv") + "\n")
     (run_out / "versions.json").write_text(json.dumps(package_versions(), indent=2) + "\n")
     (run_out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
