@@ -6,6 +6,9 @@
 For each candidate setting and each split seed, the labelled cells are split as `wbcedge adapt
 --holdout 0.3` splits them; the model adapts on the rest and is scored (float) on that part.
 This is what a lab can do with its own labels; the BCCD held-out cells are not read.
+The figures in docs/adapt.md were made before training moved to `wbcedge.train.augment`
+(then: hue/saturation/brightness/contrast/blur plus adapt's own resolution and zoom); today
+`augment` overrides take `AugmentConfig` options (preset "none") plus `resolution`.
 """
 
 from __future__ import annotations

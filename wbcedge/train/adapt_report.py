@@ -14,7 +14,7 @@ from wbcedge.evaluation.metrics import _figure, classification_results, mcnemar
 from wbcedge.jsonable import to_jsonable
 
 STAGE_NAMES = {"parent": "parent (as given)", "batchnorm": "BatchNorm re-estimated",
-               "adapted_float": "adapted, float", "adapted_int8": "adapted, int8 (the bundle's default)"}
+               "adapted_float": "adapted, float", "adapted_int8": "adapted, the bundle's default file (int8 when it passes the gate)"}
 
 
 def held_out_results(y_test: np.ndarray, stages: dict[str, np.ndarray], classes: list[str]) -> dict:
