@@ -118,7 +118,9 @@ def _shifted_site(root: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.train
 def test_adapt_raises_held_out_accuracy_and_writes_a_bundle_that_verifies(tmp_path, default_run):
+    pytest.importorskip("tensorflow")
     from wbcedge.bundle import load_bundle, verify_bundle
     from wbcedge.train.adapt import AdaptConfig, adapt
 
