@@ -74,8 +74,10 @@ def test_keyboard_review_and_signoff_in_chromium(tmp_path):
             # a change after sign-off is refused, and says so
             page.keyboard.press("ArrowRight")
             page.keyboard.press("n")
-            page.wait_for_function("document.getElementById('status').textContent.includes('signed off')")
-            assert "frozen" in page.locator("#status").inner_text()
+            # (the status line already reads "signed off" from the sign-off itself: wait for the refusal)
+            page.wait_for_function("document.getElementById('status').className === 'err'")
+            refusal = page.locator("#status").inner_text()
+            assert "signed off" in refusal and "frozen" in refusal
         finally:
             browser.close()
 
