@@ -230,7 +230,8 @@ def fine_tune(model, x_fit, y_fit, w_fit, x_val, y_val, cfg: AdaptConfig, seed: 
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                                        restore_best_weights=True,
                                                        start_from_epoch=min(cfg.min_epochs, cfg.epochs - 1)))
-    model.fit(ds, validation_data=val, epochs=cfg.epochs, callbacks=callbacks, verbose=0)
+    model.fit(ds, validation_data=val, epochs=cfg.epochs, callbacks=callbacks, verbose=0,
+              shuffle=False)  # the dataset shuffles itself; Keras would warn that shuffle=True is ignored
     return history
 
 
