@@ -142,6 +142,11 @@ def test_adapt_raises_held_out_accuracy_and_writes_a_bundle_that_verifies(tmp_pa
         assert (tmp_path / "bundle" / name).is_file()
     saved = json.loads((tmp_path / "bundle" / "adapt-report.json").read_text())
     assert saved["deployable"] == bundle.deployable == report["deployable"]
+    # the gate scored the held-out cells exactly as adapt did: its fp32 file agrees with the report's float figure
+    gate = json.loads((tmp_path / "bundle" / "report.json").read_text())
+    fp32 = next(f for f in gate["files"] if f["precision"] == "fp32")
+    assert gate["test_images"] == held["parent"]["n"]
+    assert fp32["accuracy"] == pytest.approx(held["adapted_float"]["accuracy"], abs=1.5 / held["parent"]["n"])
 
 
 def test_a_review_export_folder_uses_only_reviewer_labelled_cells(tmp_path):

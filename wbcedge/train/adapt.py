@@ -323,7 +323,8 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
 
     progress("step 3/4: export int8 TFLite + ONNX through the accuracy gate on the held-out site cells")
     _write_run(run_out, parent, model, spec, plan, cfg, history)
-    export_report, gate_error = _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progress)
+    export_report, gate_error = _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progress,
+                                        (x_test, y_test))
     bundle = load_bundle(out, verify=False)
     from wbcedge.device.runtime import Classifier
     stages["adapted_int8"] = Classifier(out / bundle.manifest["default_model"]).predict_many(x_test)
@@ -435,10 +436,13 @@ def _write_run(run_out: Path, parent: Parent, model, spec, plan: SitePlan, cfg: 
     (run_out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
 
 
-def _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progress):
+def _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progress, test_inputs):
     """Export through the gate with the site's held-out cells as its test set.
 
-    Calibration: the site's cells (what the device will see) and their turned and mirrored
+    The gate scores `test_inputs`, the held-out cells exactly as adapt cut and scored them (the
+    crops as given: a site's cells come cut by the model's own crop policy, e.g. from `review
+    export`), not re-cut by the class-folder policy of `labelled_inputs`, so the gate's figures and
+    the report's agree. Calibration: the site's cells (what the device will see) and their turned and mirrored
     views, topped up with replayed parent cells. The gate's budget is widened to one held-out cell where that is more than the
     default budget (one cell of six is 17 points, which no quantization can promise).
     """
@@ -447,6 +451,7 @@ def _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progres
     calibration = calibration_inputs(np.concatenate([x_unl, x_fit, x_val]), x_rep, cfg.calib)
     supports = [v["held_out"] for v in plan.counts().values() if v["held_out"]]
     opts = ExportOptions(int8=True, formats=tuple(cfg.formats), data=str(run_out / "site.csv"), seed=cfg.seed, calibration_override=calibration,
+                         test_inputs_override=test_inputs,
                          threshold=cfg.threshold if cfg.threshold is not None else parent.threshold,
                          max_drop=max(cfg.max_drop, 100.0 / len(plan.test) + 1e-6),
                          max_class_drop=max(cfg.max_class_drop, 100.0 / min(supports) + 1e-6))

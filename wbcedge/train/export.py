@@ -32,6 +32,9 @@ TFLITE_INT8 = "model_int8.tflite"
 EXPORT_LOG = "export.log"
 
 
+_ARRAY_OPTIONS = ("calibration_override", "test_inputs_override")  # arrays: not settings a file can hold
+
+
 @dataclass
 class ExportOptions:
     int8: bool = True
@@ -58,13 +61,16 @@ class ExportOptions:
     data: str | None = None          # manifest override (default: the run's training manifest)
     archive: bool = False
     calibration_override: np.ndarray | None = field(default=None, repr=False)  # tests: e.g. blank images
+    # The test set's model inputs when the caller cut them itself (adapt: the site's crops exactly as it
+    # trained and scored them), so the gate scores what was reported; else `labelled_inputs(test)`.
+    test_inputs_override: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
 
     @classmethod
     def load(cls, path: Path) -> "ExportOptions":
         """Settings from a TOML file (see export/*.toml); unknown keys are an error."""
         data = read_toml(path)
-        allowed = {f for f in cls.__dataclass_fields__ if f != "calibration_override"}
+        allowed = {f for f in cls.__dataclass_fields__ if f not in _ARRAY_OPTIONS}
         unknown = set(data) - allowed
         if unknown:
             raise InputDataError(f"unknown export settings {sorted(unknown)}; known: {sorted(allowed)}")
@@ -138,7 +144,8 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     from wbcedge.preprocess import load_inputs
     calibration = (opts.calibration_override if opts.calibration_override is not None
                    else load_inputs([r.path for r in calib_recs], spec))
-    x_test, y_test = labelled_inputs(test, spec)
+    x_test, y_test = (opts.test_inputs_override if opts.test_inputs_override is not None
+                      else labelled_inputs(test, spec))
     progress(f"float reference: {len(test)} test images, {len(calibration)} calibration images")
     model, feature_dim = (convert.with_feature_output(keras_model.keras_model) if opts.shift_check
                           else (keras_model.keras_model, None))
@@ -261,7 +268,8 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
                  "test_manifest_sha256": file_sha256(manifest_path),
                  "calibration_sha256": report["calibration"]["file_list_sha256"]},
         "source_run": run_dir.name, "versions": package_versions(),
-        "export_options": {k: v for k, v in asdict(opts).items() if k != "calibration_override"},
+        "export_options": {**{k: v for k, v in asdict(opts).items() if k not in _ARRAY_OPTIONS},
+                           "test_inputs": "override" if opts.test_inputs_override is not None else "test split"},
     })
     if opts.archive:
         pack(out, out.with_name(out.name + ".tar.gz"))
