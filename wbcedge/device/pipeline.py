@@ -124,14 +124,9 @@ class CellPipeline:
         self.timer.add("preprocess", t2 - t1)
         self.timer.add("infer", t3 - t2)
         cells = []
-        cell_limit = self.shift_reference.cell_threshold if self.shift_reference is not None else None
         for i, (box, crop, p) in enumerate(zip(boxes, crops, probs)):
-            k = int(np.argmax(p))
-            conf = float(p[k])
             ood = None if scores is None else float(scores[i])
-            unlike_training = ood is not None and ood > cell_limit
-            label = self.classes[k] if conf >= self.threshold and not unlike_training else UNIDENTIFIED
-            cells.append(Cell(box, label, conf, p, crop, ood))
+            cells.append(Cell(box, *self._label(p, ood), p, crop, ood))
         self.note = "" if cells else "no white cell found"
         return cells
 
@@ -148,13 +143,17 @@ class CellPipeline:
         self.timer.add("preprocess", t1 - t0)
         self.timer.add("infer", t2 - t1)
         self.note = "no white cell found: classified as given" if scale.no_cell else ""
+        ood = None if scores is None else float(scores[0])
+        h, w = image.shape[:2]
+        return [Cell(CellBox(0, 0, w, h, 1.0, False), *self._label(p, ood), p, crop, ood)]
+
+    def _label(self, p: np.ndarray, ood: float | None) -> tuple[str, float]:
+        """The cell's label and confidence: its top class, or unidentified when the calibrated confidence
+        is below the threshold or the cell is beyond the shift check's per-cell limit."""
         k = int(np.argmax(p))
         conf = float(p[k])
-        ood = None if scores is None else float(scores[0])
         unlike_training = ood is not None and ood > self.shift_reference.cell_threshold
-        h, w = image.shape[:2]
-        label = self.classes[k] if conf >= self.threshold and not unlike_training else UNIDENTIFIED
-        return [Cell(CellBox(0, 0, w, h, 1.0, False), label, conf, p, crop, ood)]
+        return (self.classes[k] if conf >= self.threshold and not unlike_training else UNIDENTIFIED), conf
 
 
 @dataclass

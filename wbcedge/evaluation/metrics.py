@@ -413,14 +413,8 @@ def plot_roc(path: Path, y_true: Sequence[int], y_prob: np.ndarray, classes: Seq
         fpr, tpr, _ = roc_curve(positives, p[:, i])
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.4f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate (recall)")
-    ax.set_title(f"{title}: one-vs-rest ROC", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.savefig(path)
-    return path
+    return _save_unit_plot(fig, ax, path, "false positive rate", "true positive rate (recall)",
+                           f"{title}: one-vs-rest ROC", "lower right")
 
 
 @_needs_report_extra
@@ -435,12 +429,18 @@ def plot_reliability(path: Path, y_true: Sequence[int], curves: dict[str, np.nda
         ece = expected_calibration_error(y_true, probs, bins)
         ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker="o", ms=3,
                 label=f"{name} (ECE {100 * ece:.2f}%)")
+    return _save_unit_plot(fig, ax, path, "top-1 confidence (bin mean)", "accuracy in the bin",
+                           f"{title}: reliability ({bins} bins)", "upper left")
+
+
+def _save_unit_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_loc: str) -> Path:
+    """Axes of a plot of rates in [0, 1] against rates in [0, 1], labelled, then the PNG written."""
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.set_xlabel("top-1 confidence (bin mean)")
-    ax.set_ylabel("accuracy in the bin")
-    ax.set_title(f"{title}: reliability ({bins} bins)", fontsize=9)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc=legend_loc, fontsize=8)
     fig.savefig(path)
     return path
 
