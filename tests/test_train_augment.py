@@ -123,3 +123,15 @@ def test_train_config_nests_the_preprocessing_spec_and_reads_old_layouts(tmp_pat
     assert cfg.preprocess == {"input_size": 160, "cell_fraction": 0.44, "crop_um": 33.6}
     assert cfg.augment_preset == "none"
     assert TrainConfig().augment_preset == "robust"
+
+
+def test_clean_share_leaves_that_share_of_images_as_given() -> None:
+    x = cell_batch(64)
+    photometric = dict(hed=0.1, white_balance=0.2, brightness=0.2, noise=8.0)
+    kept = run(replace(OFF, clean=0.5, **photometric), x, (7, 8))
+    unchanged = np.abs(kept - x).reshape(len(x), -1).max(axis=1) < 1e-3
+    assert 16 < unchanged.sum() < 48  # about half, drawn per image
+    assert not np.any(np.abs(run(replace(OFF, **photometric), x, (7, 8)) - x).reshape(len(x), -1).max(axis=1) < 1e-3)
+    everything = run(replace(OFF, clean=1.0, flips=True, rot90=True, **photometric), x, (7, 8))
+    geometric_only = run(replace(OFF, flips=True, rot90=True), x, (7, 8))
+    np.testing.assert_allclose(everything, geometric_only, atol=1e-3)  # flips and turns still apply

@@ -24,6 +24,9 @@ What each option imitates:
     noise               sensor noise: shot noise growing with brightness plus read noise,
                         standard deviation up to this many grey levels
     jpeg                a share of images re-encoded at quality `jpeg_quality` (low-high)
+    clean               a share of images left as the microscope gave them (flips and
+                        rotations only), so the source microscope's own look stays
+                        in every batch (a second, recovering stage uses it)
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class AugmentConfig:
     jpeg: float = 0.3
     jpeg_quality: tuple[int, int] = (40, 95)
     gray: float = 0.0
+    clean: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict | None, preset: str = "robust") -> "AugmentConfig":
@@ -137,6 +141,7 @@ def make_augment(cfg: AugmentConfig, cell_fraction: float | None = None):
             x = tf.where(per_image(seeds[1], n, 0.5) > 0, tf.reverse(x, [1]), x)
         if cfg.rot90:
             x = tf.where(per_image(seeds[2], n, 0.5) > 0, tf.transpose(x, [0, 2, 1, 3]), x)
+        as_given = x
         if cfg.scale and (zlo < 1.0 or zhi > 1.0):
             x = _zoom(tf, x, uniform(seeds[3], [n], zlo, zhi), uniform(seeds[4], [n, 2], -0.04, 0.04))
         x = x / 255.0
@@ -192,7 +197,11 @@ def make_augment(cfg: AugmentConfig, cell_fraction: float | None = None):
                               fn_output_signature=tf.float32)
             x = tf.where(per_image(seeds[23], n, cfg.jpeg) > 0, tf.reshape(coded, tf.shape(x)), x)
         del size
-        return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+        x = tf.clip_by_value(x, 0.0, 1.0) * 255.0
+        if cfg.clean:
+            clean_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 24)
+            x = tf.where(per_image(clean_seed, n, cfg.clean) > 0, as_given, x)
+        return x
 
     return augment
 
