@@ -35,8 +35,9 @@ def main() -> None:
     ap.add_argument("--configs", default="[{}]", help="JSON list of AdaptConfig overrides")
     ap.add_argument("--splits", type=int, default=2)
     ap.add_argument("--holdout", type=float, default=0.3)
+    ap.add_argument("--run", type=Path, default=DEFAULT_RUN, help="the parent run folder (default: the built-in model's)")
     args = ap.parse_args()
-    predictor = load_run(DEFAULT_RUN)
+    predictor = load_run(args.run)
     model, spec = predictor.keras_model, predictor.spec
     initial = model.get_weights()
     x_unl = unlabelled_inputs(args.unlabelled, spec)
@@ -44,7 +45,7 @@ def main() -> None:
         if "augment" in overrides:
             overrides["augment"] = {**AdaptConfig().augment, **overrides["augment"]}
         cfg = replace(AdaptConfig(), **overrides)
-        replay = replay_records(DEFAULT_RUN, cfg.replay_per_class, cfg.seed)
+        replay = replay_records(args.run, cfg.replay_per_class, cfg.seed)
         x_rep, y_rep = site_inputs(replay, spec), class_indices(r.label for r in replay)
         accs, bn_accs, epochs, t0 = [], [], [], time.time()
         for split in range(args.splits):
@@ -60,7 +61,7 @@ def main() -> None:
                                 lambda m: None)
             epochs.append((len(history), round(history[-1].get("accuracy", float("nan")), 3)))
             accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))
-        print(json.dumps({"config": overrides, "dev_accuracy": accs, "mean": float(np.mean(accs)),
+        print(json.dumps({"run": str(args.run), "config": overrides, "dev_accuracy": accs, "mean": float(np.mean(accs)),
                           "batchnorm_only": bn_accs, "epochs_and_last_train_accuracy": epochs, "seconds": round(time.time() - t0)}),
               flush=True)
 
