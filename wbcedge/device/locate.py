@@ -111,6 +111,8 @@ _DEFAULT = LocatorConfig()
 # The measured scale moves the working resolution only when it is this far (relative) from
 # work_px_per_um: a 640x480 frame of BCCD stays at 160 px whatever the red cells' spread.
 _RESCALE_TOLERANCE = 0.25
+_PALLOR_FILL = 0.6       # a hole filling this share of its box is round: a red cell's pale centre
+_MAX_PALLOR_FRACTION = 3.0   # ...and no wider than this fraction of the working copy's shorter side (1/3)
 _SCALE_PASSES = 3        # re-measure the red cells at the new resolution at most this often
 
 
@@ -165,12 +167,35 @@ class _Work:
                                           config.nucleus_relative * (top - self.level))
         purple = self.blue_red > self.threshold
         if purple.any():
-            peak_density = float(np.percentile(self.density[purple], 95))
-            purple &= self.density > config.nucleus_saturation * peak_density
+            nuclear = _nuclear_stain_amount((od_b, od_g, od_r), self.blue_red, purple)
+            purple &= nuclear > config.nucleus_saturation * float(np.percentile(nuclear[purple], 95))
         self.nucleus = purple.astype(np.uint8)
 
 
 _LOG = np.log(np.arange(1, 257, dtype=np.float32))     # log(v + 1) for every 8-bit value
+
+
+def _nuclear_stain_amount(od_bgr: tuple[np.ndarray, np.ndarray, np.ndarray], blue_red: np.ndarray,
+                          candidates: np.ndarray) -> np.ndarray:
+    """How much nuclear dye each pixel holds: its optical density projected on the frame's own
+    nuclear colour (colour deconvolution with a stain vector measured per frame).
+
+    The nuclear colour is the mean optical-density vector of the most strongly blue tenth of
+    the candidates. Pale strongly-blue cytoplasm (PBC monocytes) has the hue but little of
+    the amount; a nucleus has both. Total optical density would serve on a neutral
+    background, but where another dye or a tinted mount shifts the nucleus's colour
+    relative to the background (a pale stain keeps its off-hue share at full strength) a
+    nucleus can have less total density than the background while it still holds
+    clearly more of its own dye than anything else in the frame.
+    """
+    values = blue_red[candidates]
+    core = candidates & (blue_red >= np.percentile(values, 90))
+    vec = np.array([float(c[core].mean()) for c in od_bgr], np.float32)
+    norm = float(np.linalg.norm(vec))
+    if norm < 1e-6:
+        return blue_red
+    vec /= norm
+    return od_bgr[0] * vec[0] + od_bgr[1] * vec[1] + od_bgr[2] * vec[2]
 
 
 def _quantiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
@@ -201,13 +226,17 @@ def _rbc_diameter_px(work: _Work) -> float | None:
     thr, _ = cv2.threshold(values.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     cells = ((dark > thr) & keep).astype(np.uint8)
     cells = cv2.morphologyEx(cells, cv2.MORPH_CLOSE, _disc(2))
-    # Fill the pale centres (central pallor) so that a red cell counts as a disc.
+    # Fill the pale centres (central pallor) so that a red cell counts as a disc. A pallor is
+    # round (a disc fills pi/4 of its box); the gaps enclosed between crowded red cells are
+    # concave (under half of their box), and filling them would merge the cells.
     holes = 1 - cells
     n, lab, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
     hh, ww = holes.shape
-    max_hole = (min(hh, ww) / 8.0) ** 2
+    max_hole = (min(hh, ww) / _MAX_PALLOR_FRACTION) ** 2
+    bw, bh = stats[:, cv2.CC_STAT_WIDTH].astype(np.float64), stats[:, cv2.CC_STAT_HEIGHT].astype(np.float64)
+    round_ = (stats[:, cv2.CC_STAT_AREA] >= _PALLOR_FILL * bw * bh) & (np.minimum(bw, bh) >= 0.6 * np.maximum(bw, bh))
     inner = (stats[:, cv2.CC_STAT_AREA] < max_hole) & (stats[:, 0] > 0) & (stats[:, 1] > 0) \
-        & (stats[:, 0] + stats[:, 2] < ww) & (stats[:, 1] + stats[:, 3] < hh)
+        & (stats[:, 0] + stats[:, 2] < ww) & (stats[:, 1] + stats[:, 3] < hh) & (round_ | (bw * bh <= 9))
     inner[0] = False
     cells |= inner[lab].astype(np.uint8)
     # Ridge of the distance transform (border counted as background): its upper values are
@@ -290,7 +319,12 @@ def _nucleus_groups(work: _Work, config: LocatorConfig, ppu: float) -> tuple[lis
     y1 = y0 + stats[keep, 3]
     gx = np.maximum(0, np.maximum(x0[:, None], x0[None, :]) - np.minimum(x1[:, None], x1[None, :]))
     gy = np.maximum(0, np.maximum(y0[:, None], y0[None, :]) - np.minimum(y1[:, None], y1[None, :]))
-    linked = (gx * gx + gy * gy) <= (config.lobe_gap_um * ppu) ** 2
+    gap = config.lobe_gap_um * ppu
+    linked = (gx * gx + gy * gy) <= gap * gap
+    # Boxes that close are only candidates: two round nuclei pressed corner to corner have
+    # boxes a pixel apart while the nuclei themselves are micrometres apart.
+    for i, j in zip(*np.nonzero(np.triu(linked, 1))):
+        linked[i, j] = _blob_gap(labels, stats, int(keep[i]), int(keep[j])) <= gap
     # Connected components of the link graph (union-find; a frame has tens of blobs).
     parent = list(range(keep.size))
 
@@ -306,6 +340,17 @@ def _nucleus_groups(work: _Work, config: LocatorConfig, ppu: float) -> tuple[lis
             parent[rj] = ri
     roots = np.array([root(i) for i in range(keep.size)])
     return [keep[roots == r] for r in np.unique(roots)], labels, stats
+
+
+def _blob_gap(labels: np.ndarray, stats: np.ndarray, a: int, b: int) -> float:
+    """Pixels of background between blobs `a` and `b` at their closest (0 when they touch diagonally)."""
+    x0 = min(stats[a, 0], stats[b, 0])
+    y0 = min(stats[a, 1], stats[b, 1])
+    x1 = max(stats[a, 0] + stats[a, 2], stats[b, 0] + stats[b, 2])
+    y1 = max(stats[a, 1] + stats[a, 3], stats[b, 1] + stats[b, 3])
+    roi = labels[y0:y1, x0:x1]
+    dist = cv2.distanceTransform((roi != a).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return max(0.0, float(dist[roi == b].min()) - 1.0)
 
 
 def _cell_extent(nbox: tuple[int, int, int, int], config: LocatorConfig, ppu: float
