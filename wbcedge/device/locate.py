@@ -377,7 +377,10 @@ def _merge_overlapping(groups: list[np.ndarray], stats: np.ndarray, config: Loca
 
     Two separate cells can touch but their centres stay about a diameter apart; the
     halves of one granulocyte whose lobes lie far apart give cells whose centres are
-    much closer than that.
+    much closer than that. The joined nucleus is not limited here: one that comes out wider
+    than a cell is dropped by the size limit, and when nothing else is left the white cell
+    becomes the ruler (high magnification read with too coarse a red-cell scale, where the
+    lobes of one cell look a cell apart).
     """
     groups = list(groups)
     while len(groups) > 1:
@@ -386,9 +389,6 @@ def _merge_overlapping(groups: list[np.ndarray], stats: np.ndarray, config: Loca
         dist = np.hypot(ext[:, 0, None] - ext[None, :, 0], ext[:, 1, None] - ext[None, :, 1])
         half = ext[:, 2:].max(axis=1)
         close = dist < config.same_cell_overlap * (half[:, None] + half[None, :])
-        union_w = np.maximum(boxes[:, None, 2], boxes[None, :, 2]) - np.minimum(boxes[:, None, 0], boxes[None, :, 0])
-        union_h = np.maximum(boxes[:, None, 3], boxes[None, :, 3]) - np.minimum(boxes[:, None, 1], boxes[None, :, 1])
-        close &= np.maximum(union_w, union_h) <= config.max_cell_um * ppu
         close &= np.triu(np.ones_like(close), 1)
         if not close.any():
             break
