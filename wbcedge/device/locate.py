@@ -71,6 +71,8 @@ class LocatorConfig:
     """Knobs of `locate_cells`. The defaults were tuned on BCCD trainval and hold on PBC crops."""
     work_px_per_um: float = 3.6          # resolution the segmentation runs at (px per micrometre)...
     work_size: int = 160                 # ...first guessed as this longer side when um_per_px is not given
+    min_work_px_per_um: float = 2.5      # ...lowered toward this where the copy would be over 2 x work_size
+                                         # wide (a wide field at low magnification: the time budget)
     nucleus_contrast: float = 0.2        # nuclear stain (red minus blue optical density) above the frame's median
                                          # by this fraction of the red cells' optical density...
     nucleus_relative: float = 0.4        # ...and by this fraction of the frame's nuclear peak
@@ -266,6 +268,21 @@ def _rbc_diameter_px(work: _Work) -> float | None:
     return 2.0 * float(np.percentile(radii, 80)) / 0.77
 
 
+def _work_scale(frame_hw: tuple[int, int], px_per_um: float, config: LocatorConfig) -> float:
+    """Working copy / frame for a frame of `px_per_um` pixels per micrometre: `work_px_per_um`,
+    lowered toward `min_work_px_per_um` where that copy would be wider than 2 x `work_size`.
+
+    A field at low magnification holds many more cells per pixel; segmenting it at full
+    resolution would take several times a BCCD frame's time. Nuclei stay 25 px and red cells
+    18 px wide at 2.5 px per micrometre, enough for both (the shift bench with the scale given).
+    """
+    target = config.work_px_per_um
+    longest = max(frame_hw) * target / px_per_um
+    if longest > 2 * config.work_size:
+        target = max(config.min_work_px_per_um, target * 2 * config.work_size / longest)
+    return min(1.0, target / px_per_um)
+
+
 def _scaled_work(frame_bgr: np.ndarray, config: LocatorConfig) -> tuple[_Work, float | None]:
     """The working copy at about `work_px_per_um`, and its pixels per micrometre measured on the
     red cells (None when too few are visible).
@@ -285,7 +302,7 @@ def _scaled_work(frame_bgr: np.ndarray, config: LocatorConfig) -> tuple[_Work, f
             return work, ppu
         short = min(work.nucleus.shape)
         ppu = float(np.clip(rbc, short / 40.0, short / 1.5)) / config.rbc_diameter_um
-        finer = min(1.0, work.scale * config.work_px_per_um / ppu)
+        finer = _work_scale(frame_bgr.shape[:2], ppu / work.scale, config)
         if abs(finer / work.scale - 1.0) <= _RESCALE_TOLERANCE:
             break
         ppu_frame = ppu / work.scale
@@ -448,7 +465,7 @@ def locate_frame(frame_bgr: np.ndarray, config: LocatorConfig | None = None,
         raise ValueError(f"um_per_px={um_per_px!r} must be a positive number of micrometres per pixel (or None)")
     config = config or _DEFAULT
     if um_per_px is not None:        # physical working resolution: the same on every microscope
-        work = _Work(frame_bgr, config, config.work_px_per_um * um_per_px)
+        work = _Work(frame_bgr, config, _work_scale(frame_bgr.shape[:2], 1.0 / um_per_px, config))
         ppu, source = work.scale / um_per_px, "given"
     else:
         work, ppu = _scaled_work(frame_bgr, config)
@@ -465,18 +482,21 @@ def locate_frame(frame_bgr: np.ndarray, config: LocatorConfig | None = None,
         # resolution. Resolved red cells read twice as many pixels there; when they read hardly
         # more (the frame's red cells at most 1/1.5 of the first reading), the first copy
         # measured clumps, and the finer reading is kept.
-        fine = _Work(frame_bgr, config, min(1.0, 2.0 * work.scale))
-        rbc = _rbc_diameter_px(fine)
+        # (The finer copy is no wider than 2 x work_size: the time budget, as in `_work_scale`.)
+        fine_scale = min(1.0, 2.0 * work.scale, 2.0 * config.work_size / max(frame_bgr.shape[:2]))
+        fine = _Work(frame_bgr, config, fine_scale) if fine_scale > (1.0 + _RESCALE_TOLERANCE) * work.scale else None
+        rbc = _rbc_diameter_px(fine) if fine is not None else None
         if rbc is not None:
             ppu_frame = rbc / config.rbc_diameter_um / fine.scale
             if ppu_frame * _MERGED_READING < ppu / work.scale:
-                work = _Work(frame_bgr, config, min(1.0, config.work_px_per_um / ppu_frame))
+                scale = _work_scale(frame_bgr.shape[:2], ppu_frame, config)
+                work = fine if abs(scale / fine.scale - 1.0) <= _RESCALE_TOLERANCE else _Work(frame_bgr, config, scale)
                 ppu = ppu_frame * work.scale
                 nuclei, stats, labels, widest = _nuclei(work, config, ppu)
     if not nuclei and widest and um_per_px is None:
         # Every candidate is wider than a cell can be: the ruler is wrong, not the cells.
         ppu_wbc = widest / config.wbc_nucleus_um
-        finer = min(1.0, work.scale * config.work_px_per_um / ppu_wbc)
+        finer = _work_scale(frame_bgr.shape[:2], ppu_wbc / work.scale, config)
         ppu_frame = ppu_wbc / work.scale
         work = _Work(frame_bgr, config, finer)
         ppu, source = ppu_frame * work.scale, "white cell"
