@@ -159,7 +159,10 @@ class _Work:
         background = np.array([_masked_median(c, bright) for c in (b, g, r)], np.float32)
         self.background_bgr = background
         log_bg = np.log(background + 1.0)
-        od_b, od_g, od_r = cv2.split(cv2.LUT(small, (log_bg[None, :] - _LOG[:, None])[None]))
+        # Optical density per channel from one table; a pixel darker than 1/16 of the background
+        # is read as 1/16 (its light is at the camera's floor, where a clipped or noisy
+        # reading would otherwise give one black speck the density of a whole nucleus).
+        od_b, od_g, od_r = cv2.split(cv2.LUT(small, np.minimum(log_bg[None, :] - _LOG[:, None], _MAX_OD)[None]))
         self.density = od_b + od_g + od_r               # total optical density: red cells, nuclei, granules
         self.blue_red = cv2.blur(od_r - od_b, (3, 3))
         # Red cells cover much of a smear: the 90th percentile of density measures how strongly
@@ -189,6 +192,7 @@ def _shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 _LOG = np.log(np.arange(1, 257, dtype=np.float32))     # log(v + 1) for every 8-bit value
+_MAX_OD = float(np.log(16.0))   # densities are read up to 1/16 of the background's light
 
 
 def _nuclear_stain_amount(od_bgr: tuple[np.ndarray, np.ndarray, np.ndarray], blue_red: np.ndarray,
