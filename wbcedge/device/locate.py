@@ -451,7 +451,7 @@ class Located:
     um_per_px: float          # the scale the size limits used
     scale_source: str         # "given", "red cells", "assumed" (no red cells to measure: a red cell is taken
                               # as `fallback_rbc_fraction` of the frame), or "white cell" (the red cells' or the
-                              # assumed scale made every nucleus too wide: high magnification, few red cells)
+                              # assumed scale made the largest nucleus too wide: high magnification, few red cells)
 
 
 def locate_frame(frame_bgr: np.ndarray, config: LocatorConfig | None = None,
@@ -460,9 +460,9 @@ def locate_frame(frame_bgr: np.ndarray, config: LocatorConfig | None = None,
 
     A given `um_per_px` (a camera profile's stage-micrometre value) always wins. Otherwise
     the red cells are the ruler; when they cannot be measured, or their scale would make
-    every nucleus in the frame too wide to be one cell, the widest nucleus is taken as a
-    white cell's (`wbc_nucleus_um`) and the size limits are applied at that scale instead
-    of rejecting every cell.
+    the frame's largest nucleus too wide to be one cell, that nucleus is taken as a white
+    cell's (`wbc_nucleus_um`) and the size limits are applied at that scale instead of
+    rejecting the cell.
     """
     _check_frame(frame_bgr)
     if um_per_px is not None and not (np.isfinite(um_per_px) and um_per_px > 0):
@@ -497,8 +497,8 @@ def locate_frame(frame_bgr: np.ndarray, config: LocatorConfig | None = None,
                 work = fine if abs(scale / fine.scale - 1.0) <= _RESCALE_TOLERANCE else _Work(frame_bgr, config, scale)
                 ppu = ppu_frame * work.scale
                 nuclei, stats, labels, widest = _nuclei(work, config, ppu)
-    if not nuclei and widest and um_per_px is None:
-        # Every candidate is wider than a cell can be: the ruler is wrong, not the cells.
+    if widest and um_per_px is None:
+        # The frame's largest nucleus is wider than a cell can be: the ruler is wrong, not the cell.
         ppu_wbc = widest / config.wbc_nucleus_um
         finer = _work_scale(frame_bgr.shape[:2], ppu_wbc / work.scale, config)
         ppu_frame = ppu_wbc / work.scale
@@ -511,11 +511,12 @@ def locate_frame(frame_bgr: np.ndarray, config: LocatorConfig | None = None,
 
 def _nuclei(work: _Work, config: LocatorConfig, ppu: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, float]:
     """Nuclei that pass the size limits, the blob stats and labels, and the widest nucleus
-    dropped for being wider than a cell (working px; 0 when none was)."""
+    dropped for being wider than a cell (working px; 0 when none was, or when a nucleus that
+    passed holds more stain than it)."""
     groups, labels, stats = _nucleus_groups(work, config, ppu)
     # Platelets and specks take no part in merging; far-apart lobes of one cell do.
     lobes = [ids for ids in groups if stats[ids, cv2.CC_STAT_AREA].max() >= config.min_lobe_area_um2 * ppu * ppu]
-    nuclei, widest = [], 0.0
+    nuclei, widest, widest_area = [], 0.0, 0
     for ids in _merge_overlapping(lobes, stats, config, ppu):
         # Size limits: small blobs (platelets, debris) and clumps out.
         if stats[ids, cv2.CC_STAT_AREA].sum() < config.min_nucleus_area_um2 * ppu * ppu:
@@ -523,9 +524,14 @@ def _nuclei(work: _Work, config: LocatorConfig, ppu: float) -> tuple[list[np.nda
         nbox = _nucleus_box(ids, stats)
         side = max(nbox[2] - nbox[0], nbox[3] - nbox[1])
         if side > config.max_cell_um * ppu:
-            widest = max(widest, float(side))
+            if side > widest:
+                widest, widest_area = float(side), int(stats[ids, cv2.CC_STAT_AREA].sum())
             continue
         nuclei.append(ids)
+    # The too-wide nucleus counts only when it is the frame's largest nuclear mass: a frame at
+    # high magnification shows one whole cell and, at most, parts of others at its edge.
+    if widest and any(stats[ids, cv2.CC_STAT_AREA].sum() > widest_area for ids in nuclei):
+        widest = 0.0
     return nuclei, stats, labels, widest
 
 
