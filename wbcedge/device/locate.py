@@ -174,7 +174,14 @@ class _Work:
         purple = self.blue_red > self.threshold
         if purple.any():
             nuclear = _nuclear_stain_amount((od_b, od_g, od_r), self.blue_red, purple)
-            purple &= nuclear > config.nucleus_saturation * _quantiles(nuclear[purple], (0.95,))[0]
+            # Pale cytoplasm is pale next to its own nucleus: each connected candidate region is
+            # held to its own peak (3x3 mean), or the frame's when that is lower, so one darkly
+            # stained (or clipped) cell does not set the bar for a paler one elsewhere.
+            n, lab = cv2.connectedComponents(purple.astype(np.uint8), connectivity=8)
+            own = np.full(n, -np.inf, np.float32)
+            np.maximum.at(own, lab[purple], cv2.blur(nuclear, (3, 3))[purple])
+            peak = np.minimum(own, _quantiles(nuclear[purple], (0.95,))[0])
+            purple &= nuclear > config.nucleus_saturation * peak[lab]
         self.nucleus = purple.astype(np.uint8)
 
 
