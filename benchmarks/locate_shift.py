@@ -10,6 +10,7 @@ from the expected one. Also: locate time per unshifted frame and the per-frame s
 estimate against BCCD's own red-cell boxes. Figures and commands: docs/locate.md.
 
     nice -n 10 python benchmarks/locate_shift.py ../shared/data --json runs/locate_shift.json
+    python benchmarks/locate_shift.py ../shared/data --timing-only --repeat 5        # times only
     python benchmarks/locate_shift.py ../shared/data --compare before.json after.json   # table only
 
 The scale is measured per frame (no camera profile): the case of an unknown microscope.
@@ -164,6 +165,40 @@ def bench_timing(frames: list[dict], repeat: int) -> dict:
             "ms_p95": float(np.percentile(times, 95)), "ms_max": float(np.max(times)), "repeat": repeat}
 
 
+def bench_field_timing(frames: list[dict], repeat: int, um_per_px: float | None) -> dict:
+    """`locate_cells` time per 640x480 field at lower and higher magnification, the scale measured
+    per field and (`um_per_px` / zoom, a camera profile's value) given: fastest of `repeat` per
+    field, median over up to 40 fields."""
+    fields = {}
+    subset = frames[:40]
+    h, w = subset[0]["image"].shape[:2]
+    for s in S.ZOOM_OUT:
+        k = int(np.ceil(1 / s - 1e-9))
+        fields[f"lower magnification x{s}"] = (s, [S.zoom_out_mosaic(
+            [subset[(i + j) % len(subset)]["image"] for j in range(k * k)],
+            [subset[(i + j) % len(subset)]["wbc"] for j in range(k * k)], s, (w, h))[0] for i in range(len(subset))])
+    for s in S.ZOOM_IN:
+        fields[f"higher magnification x{s}"] = (s, [S.zoom_in_window(f["image"], f["wbc"], s, (w / 2, h / 2))[0]
+                                                    for f in subset])
+    out = {}
+    for name, (s, images) in fields.items():
+        row = {}
+        for label, um in (("measured", None), ("given", None if um_per_px is None else um_per_px / s)):
+            if label == "given" and um is None:
+                continue
+            times = []
+            for img in images:
+                best = float("inf")
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    locate_cells(img, um_per_px=um)
+                    best = min(best, (time.perf_counter() - t0) * 1000)
+                times.append(best)
+            row[label] = {"ms_median": float(np.median(times)), "ms_p90": float(np.percentile(times, 90))}
+        out[name] = row
+    return out
+
+
 def bench_scale(frames: list[dict]) -> dict:
     """Per-frame red-cell scale estimate against 7.5 um / the median of BCCD's own RBC boxes."""
     sides = [((b[2] - b[0]) + (b[3] - b[1])) / 2 for f in frames for b in f["rbc"]
@@ -262,6 +297,9 @@ def table(results: list[dict], names: list[str]) -> str:
             t = r["timing"]
             lines.append(f"\n{n}: locate_cells on unshifted frames, fastest of {t['repeat']}: mean {t['ms_mean']:.2f} ms, "
                          f"median {t['ms_median']:.2f}, p95 {t['ms_p95']:.2f}, max {t['ms_max']:.2f} ms per frame")
+        for field, row in r.get("timing_fields", {}).items():
+            lines.append(f"{n}: {field}: median " + ", ".join(
+                f"{v['ms_median']:.2f} ms (p90 {v['ms_p90']:.2f}) with the scale {k}" for k, v in row.items()))
         if "scale" in r:
             s = r["scale"]
             lines.append(f"{n}: per-frame scale / (7.5 um / median RBC box {s['rbc_box_median_px']:.0f} px = "
@@ -284,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
                    help="print the table of earlier --json files side by side and exit")
     p.add_argument("--names", nargs="+", help="column names for --compare (default: the files' stems)")
+    p.add_argument("--timing-only", action="store_true",
+                   help="only time locate_cells on unshifted frames and on lower/higher-magnification fields")
     args = p.parse_args(argv)
     if args.compare:
         results = [json.loads(f.read_text()) for f in args.compare]
@@ -299,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     results = {"subset": args.subset, "n_frames": len(frames), "seed": args.seed}
     results["timing"] = bench_timing(frames, args.repeat)
+    um = estimate_um_per_px([f["image"] for f in frames[:20]])
+    results["timing_fields"] = bench_field_timing(frames, args.repeat, um)
+    if args.timing_only:
+        print(json.dumps({k: results[k] for k in ("timing", "timing_fields")}, indent=1))
+        return 0
     results["scale"] = bench_scale(frames)
     results["frames"] = bench_frames(frames, args.seed, progress)
     if args.per_class:

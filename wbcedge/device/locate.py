@@ -1,22 +1,25 @@
 """Find the white cells in a full-field blood-smear frame, without a trained detector.
 
-White-cell nuclei are the most saturated purple thing in a Romanowsky-stained smear
-(Giemsa, May Grünwald-Giemsa, Wright): red cells are pink, platelets are purple
-but small, background is pale. The locator works on a small copy of the frame
-(`LocatorConfig.work_size`; ~2 ms per 640x480 frame on one core) in five steps:
+White-cell nuclei are the most strongly stained thing in a Romanowsky-stained smear
+(Giemsa, May Grünwald-Giemsa, Wright): nuclear dyes absorb red light, red cells and
+eosinophilic granules green and blue, the background little. The locator works on a
+small copy of the frame (`LocatorConfig.work_size`; ~2 ms per 640x480 frame on one
+core), in optical density relative to the frame's own background, in five steps:
 
-1. Nuclear stain: pixels whose blue-minus-red is well above the frame's median
-   (`nucleus_contrast`, `nucleus_relative`) and whose saturation is near the
-   nuclear peak (`nucleus_saturation`; this keeps a strongly stained cytoplasm, as
-   in PBC monocytes, or eosinophil granules out of the nucleus).
+1. Nuclear stain: pixels whose red-minus-blue density is well above the frame's median
+   (`nucleus_contrast`, `nucleus_relative`) and that hold enough of the frame's own
+   nuclear colour next to their region's peak (`nucleus_saturation`; this keeps a pale
+   strongly-blue cytoplasm, as in PBC monocytes, out of the nucleus).
 2. Scale: `um_per_px` when given, otherwise measured from the red cells in the
    frame (ridge of the distance transform of the red-cell mask, read as a 7.5 µm
-   red cell). A runner can measure it once with `estimate_um_per_px`.
-3. Lobes to nuclei: blobs within `lobe_gap_um` are one nucleus; then nuclei whose
-   modelled cells overlap heavily (centres closer than `same_cell_overlap` x their
-   mean diameter) are one cell: the far-apart lobes of an eosinophil or a
-   neutrophil. Two cells side by side stay apart because their centres are about a
-   diameter apart. Blobs too small to be a lobe (platelets) never merge.
+   red cell; re-measured on a finer copy where they are small), or from the white
+   cell when the red cells' scale makes the frame's largest nucleus too wide (high
+   magnification). A runner can measure it once with `estimate_um_per_px`.
+3. Lobes to nuclei: blobs within `lobe_gap_um` of each other are one nucleus; then
+   nuclei whose modelled cells overlap heavily (centres closer than
+   `same_cell_overlap` x their mean diameter) are one cell: the far-apart lobes of an
+   eosinophil or a neutrophil. Two cells side by side stay apart because their centres
+   are about a diameter apart. Blobs too small to be a lobe (platelets) never merge.
 4. Size limits in micrometres: nuclei under `min_nucleus_area_um2`, cells under
    `min_cell_um` (platelets, debris) and nuclei wider than `max_cell_um` (clumps)
    are dropped.
@@ -76,7 +79,8 @@ class LocatorConfig:
     nucleus_contrast: float = 0.2        # nuclear stain (red minus blue optical density) above the frame's median
                                          # by this fraction of the red cells' optical density...
     nucleus_relative: float = 0.4        # ...and by this fraction of the frame's nuclear peak
-    nucleus_saturation: float = 0.3      # ...and total optical density above this fraction of the nuclear peak
+    nucleus_saturation: float = 0.3      # ...and nuclear dye (density along the frame's nuclear colour) above
+                                         # this fraction of its region's peak
     rbc_diameter_um: float = 7.5         # red-cell diameter, the ruler when um_per_px is not given
     fallback_rbc_fraction: float = 0.2   # red-cell diameter / shorter frame side when no red cells are seen
     min_cell_um: float = 6.5             # smaller cells (box side) are platelets or debris
@@ -86,7 +90,7 @@ class LocatorConfig:
     max_cell_um: float = 30.0            # nuclei wider than this are clumps, not one cell
     wbc_nucleus_um: float = 11.0         # a white cell's nucleus (box side; BCCD median 10.6, PBC 11.3): the
                                          # ruler when the red cells give none or one that no cell fits
-    lobe_gap_um: float = 0.75             # nuclear blobs this close are one nucleus
+    lobe_gap_um: float = 0.75            # nuclear blobs this close (closest pixels) are one nucleus
     same_cell_overlap: float = 0.85      # nuclei whose cells' centres are closer than this x their mean
                                          # diameter are one cell (far-apart eosinophil lobes)
     cell_to_nucleus: float = 1.25        # cell box side / nucleus box side
