@@ -11,6 +11,7 @@ estimate against BCCD's own red-cell boxes. Figures and commands: docs/locate.md
 
     nice -n 10 python benchmarks/locate_shift.py ../shared/data --json runs/locate_shift.json
     python benchmarks/locate_shift.py ../shared/data --timing-only --repeat 5        # times only
+    python benchmarks/locate_shift.py ../shared/data --subset trainval --limit 0 --scale-only
     python benchmarks/locate_shift.py ../shared/data --compare before.json after.json   # table only
 
 The scale is measured per frame (no camera profile): the case of an unknown microscope.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wbcedge.device.locate import estimate_um_per_px, locate_cells, measure_cell_fraction
+from wbcedge.device.locate import estimate_um_per_px, locate_cells, locate_frame, measure_cell_fraction
 from wbcedge.evaluation import shifts as S
 from wbcedge.evaluation.locate_eval import iou, match_boxes, read_voc_boxes
 from wbcedge.preprocess import PreprocessSpec, read_image
@@ -216,6 +217,36 @@ def bench_scale(frames: list[dict]) -> dict:
             "failed": int((~np.isfinite(r)).sum())}
 
 
+def bench_scale_by_magnification(frames: list[dict]) -> dict:
+    """The scale `locate_frame` uses against each frame's own red-cell boxes (7.5 um / their median
+    side), at BCCD's magnification and at lower (the frame shrunk and tiled with itself) and higher
+    (a window around a white cell) ones: ratio used / true um per pixel, and which ruler was used."""
+    out = {}
+    for s in (1.0, *S.ZOOM_OUT[1:], *S.ZOOM_IN[1:]):
+        ratios, sources = [], {}
+        for i, f in enumerate(frames):
+            h, w = f["image"].shape[:2]
+            sides = [((b[2] - b[0]) + (b[3] - b[1])) / 2 for b in f["rbc"]
+                     if b[0] > 1 and b[1] > 1 and b[2] < w - 1 and b[3] < h - 1]
+            if len(sides) < 3:
+                continue
+            if s == 1.0:
+                img = f["image"]
+            elif s < 1.0:
+                img = S.zoom_out_mosaic([f["image"]], [f["wbc"]], s, (w, h))[0]
+            else:
+                x0, y0, x1, y1 = random.Random(i).choice(f["wbc"] or [(w // 2 - 20, h // 2 - 20, w // 2 + 20, h // 2 + 20)])
+                img = S.zoom_in_window(f["image"], f["wbc"], s, ((x0 + x1) / 2, (y0 + y1) / 2))[0]
+            found = locate_frame(img)
+            ratios.append(found.um_per_px / (7.5 / (float(np.median(sides)) * s)))
+            sources[found.scale_source] = sources.get(found.scale_source, 0) + 1
+        r = np.array(ratios)
+        out[f"x{s}"] = {"frames": len(r), "median": float(np.median(r)), "p10": float(np.percentile(r, 10)),
+                        "p90": float(np.percentile(r, 90)), "within_15pct": float(np.mean(np.abs(r - 1) <= 0.15)),
+                        "sources": sources}
+    return out
+
+
 def load_pbc(root: Path, per_class: int, seed: int) -> list[np.ndarray]:
     rng = random.Random(seed)
     out = []
@@ -322,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
                    help="print the table of earlier --json files side by side and exit")
     p.add_argument("--names", nargs="+", help="column names for --compare (default: the files' stems)")
+    p.add_argument("--scale-only", action="store_true",
+                   help="only compare the scale used with each frame's red-cell boxes, at several magnifications")
     p.add_argument("--timing-only", action="store_true",
                    help="only time locate_cells on unshifted frames and on lower/higher-magnification fields")
     args = p.parse_args(argv)
@@ -338,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(frames)} BCCD frames ({args.subset}), {sum(len(f['wbc']) for f in frames)} WBC boxes",
           file=sys.stderr)
     results = {"subset": args.subset, "n_frames": len(frames), "seed": args.seed}
+    if args.scale_only:
+        print(json.dumps(bench_scale_by_magnification(frames), indent=1))
+        return 0
     results["timing"] = bench_timing(frames, args.repeat)
     um = estimate_um_per_px([f["image"] for f in frames[:20]])
     results["timing_fields"] = bench_field_timing(frames, args.repeat, um)
