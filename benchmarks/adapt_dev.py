@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from wbcedge.labels import class_indices
-from wbcedge.train.adapt import (AdaptConfig, DEFAULT_RUN, _bn_cells, fine_tune, reestimate_batchnorm,
-                                 replay_records, sample_weights)
+from wbcedge.train.adapt import (AdaptConfig, DEFAULT_RUN, _bn_cells, fine_tune_soup, reestimate_batchnorm,
+                                 replay_records)
 from wbcedge.train.adapt_site import plan_site, site_inputs, unlabelled_inputs
 from wbcedge.train.run_folder import load_run
 
@@ -56,10 +56,10 @@ def main() -> None:
             model.set_weights(initial)
             reestimate_batchnorm(model, _bn_cells(x_fit, x_val, x_unl, cfg), cfg.bn_chunk)
             bn_accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))
-            history = fine_tune(model, np.concatenate([x_fit, x_rep]), np.concatenate([y_fit, y_rep]),
-                                sample_weights(y_fit, len(x_rep), cfg.replay_weight), x_val, y_val, cfg, cfg.seed,
-                                lambda m: None)
-            epochs.append((len(history), round(history[-1].get("accuracy", float("nan")), 3)))
+            history = fine_tune_soup(model, model.get_weights(), plan, spec, (x_fit, y_fit, x_val, y_val),
+                                     (x_rep, y_rep), cfg, lambda m: None)
+            last = history if cfg.soup <= 1 else history[0]
+            epochs.append((len(last), round(last[-1].get("accuracy", float("nan")), 3)))
             accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))
         print(json.dumps({"run": str(args.run), "config": overrides, "dev_accuracy": accs, "mean": float(np.mean(accs)),
                           "batchnorm_only": bn_accs, "epochs_and_last_train_accuracy": epochs, "seconds": round(time.time() - t0)}),

@@ -166,3 +166,30 @@ def test_a_review_export_folder_uses_only_reviewer_labelled_cells(tmp_path):
         plan_site(data)
     plan = plan_site(data, holdout=0.5)
     assert len(plan.fit) + len(plan.val) + len(plan.test) == 40
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_a_soup_is_the_average_of_fine_tunes_on_differently_drawn_validation_cells(tmp_path, default_run):
+    pytest.importorskip("tensorflow")
+    from wbcedge.labels import class_indices
+    from wbcedge.train.adapt import AdaptConfig, average_weights, fine_tune_soup, soup_members
+    from wbcedge.train.adapt_site import plan_site, site_inputs
+    from wbcedge.train.run_folder import load_run
+
+    labelled, _ = _shifted_site(tmp_path / "site")
+    plan = plan_site(labelled, 0.3, 0, None, 0.2)
+    predictor = load_run(default_run)
+    model, spec = predictor.keras_model, predictor.spec
+    site = (site_inputs(plan.fit, spec), class_indices(r.label for r in plan.fit),
+            site_inputs(plan.val, spec), class_indices(r.label for r in plan.val))
+    no_replay = (np.zeros((0, *site[0].shape[1:]), np.uint8), np.zeros(0, np.int64))
+    cfg = AdaptConfig(epochs=1, patience=1, min_epochs=0, replay_per_class=0, soup=2)
+    state = model.get_weights()
+    members = [w for w, _ in soup_members(model, state, plan, spec, site, no_replay, cfg, lambda m: None)]
+    assert len(members) == 2
+    assert max(float(np.abs(a - b).max()) for a, b in zip(*members)) > 1e-4  # two different fine-tunes
+    histories = fine_tune_soup(model, state, plan, spec, site, no_replay, cfg, lambda m: None)
+    assert len(histories) == 2
+    for got, want in zip(model.get_weights(), average_weights(members)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # each member depends on its seed only

@@ -32,6 +32,7 @@ from wbcedge.data.manifest import write_manifest as write_data_manifest
 from wbcedge.errors import InputDataError
 from wbcedge.labels import CLASSES, class_indices
 from wbcedge.train.adapt_site import SitePlan, plan_site, site_inputs, unlabelled_inputs
+from wbcedge.train.bn_adapt import reestimate_batchnorm
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -53,6 +54,10 @@ class AdaptConfig:
     # wbcedge.train.augment.AugmentConfig (over its "none" preset) can be switched on in
     # --config, plus resolution (down to this share of the side and back).
     augment: dict = field(default_factory=lambda: dict(flips=True, rot90=True))
+    # Fine-tunes averaged into one model (a model soup, Wortsman et al., ICML 2022): member k > 0
+    # draws its own validation cells from the non-held-out ones and its own seed, so no single
+    # early stop on a dozen validation cells decides the result; costs one fine-tune per member.
+    soup: int = 1
     replay_per_class: int = 10        # the parent's own training cells mixed in, per class (0 = none)
     replay_weight: float = 0.3        # their loss weight against the site's cells
     bn_max_cells: int = 512           # site cells used for the BatchNorm statistics
@@ -130,47 +135,13 @@ def _bundle_of_run(run_dir: Path) -> Path | None:
 
 # ---------------------------------------------------------------- the steps
 
-def reestimate_batchnorm(model, inputs: np.ndarray, chunk: int = 64) -> int:
-    """Replace every BatchNorm layer's moving mean and variance with the statistics of `inputs`.
-
-    Chunks run in training mode (each layer normalised by its batch, as when the statistics
-    were first learnt) and the moving statistics become the running average over the chunks.
-    Returns the number of BatchNorm layers updated.
-    """
-    import keras
-    import tensorflow as tf
-
-    from wbcedge.train.models.registry import _all_layers
-
-    bns = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
-    saved = [(layer.momentum, layer.trainable) for layer in bns]
-    for layer in bns:
-        layer.trainable = True
-    # Dropout off: the head's BatchNorm layers follow dropout, whose training-mode noise would
-    # inflate the variances they keep for inference.
-    dropouts = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.Dropout)]
-    rates = [layer.rate for layer in dropouts]
-    for layer in dropouts:
-        layer.rate = 0.0
-    starts = list(range(0, len(inputs), chunk))
-    for i, start in enumerate(starts):
-        for layer in bns:
-            layer.momentum = i / (i + 1.0)   # 0 on the first chunk: the old statistics are dropped
-        model(tf.convert_to_tensor(inputs[start:start + chunk], tf.float32), training=True)
-    for layer, (momentum, trainable) in zip(bns, saved):
-        layer.momentum, layer.trainable = momentum, trainable
-    for layer, rate in zip(dropouts, rates):
-        layer.rate = rate
-    return len(bns)
-
-
 def freeze_batchnorm(model) -> None:
     """BatchNorm layers keep the site's statistics while the rest fine-tunes (batches of a few cells)."""
     import keras
 
-    from wbcedge.train.models.registry import _all_layers
+    from wbcedge.train.models.registry import all_layers
 
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
 
@@ -203,6 +174,7 @@ def fine_tune(model, x_fit, y_fit, w_fit, x_val, y_val, cfg: AdaptConfig, seed: 
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()   # the same seed gives the same model (on one machine)
+    reseed_layers(model, seed)
     freeze_batchnorm(model)
     step_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     ds = (tf.data.Dataset.from_tensor_slices((x_fit, y_fit, w_fit.astype(np.float32)))
@@ -233,6 +205,17 @@ def fine_tune(model, x_fit, y_fit, w_fit, x_val, y_val, cfg: AdaptConfig, seed: 
     model.fit(ds, validation_data=val, epochs=cfg.epochs, callbacks=callbacks, verbose=0,
               shuffle=False)  # the dataset shuffles itself; Keras would warn that shuffle=True is ignored
     return history
+
+
+def reseed_layers(model, seed: int) -> None:
+    """Restart every layer's own random stream (Keras draws a dropout layer's seed when the model is
+    loaded and runs it on with each use), so a fine-tune depends on its seed, not on what ran before."""
+    from wbcedge.train.models.registry import all_layers
+
+    for layer in all_layers(model):
+        generator = getattr(layer, "seed_generator", None)
+        if generator is not None:
+            generator.state.assign(np.array([seed, 0], dtype=generator.state.dtype))
 
 
 def sample_weights(y_site: np.ndarray, n_replay: int, replay_weight: float) -> np.ndarray:
@@ -311,10 +294,8 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     state = model.get_weights()
 
     progress(f"step 2/4: fine-tuning on {len(x_fit)} site cells + {len(x_rep)} replayed parent cells, "
-             f"early stopping on {len(x_val)}")
-    history = fine_tune(model, np.concatenate([x_fit, x_rep]), np.concatenate([y_fit, y_rep]),
-                        sample_weights(y_fit, len(x_rep), cfg.replay_weight), x_val, y_val, cfg, cfg.seed, progress,
-                        spec.cell_fraction)
+             f"early stopping on {len(x_val)}" + (f"; {cfg.soup} fine-tunes averaged" if cfg.soup > 1 else ""))
+    history = fine_tune_soup(model, state, plan, spec, (x_fit, y_fit, x_val, y_val), (x_rep, y_rep), cfg, progress)
     stages["adapted_float"] = predictor.predict_many(x_test)
 
     curve = None
@@ -344,7 +325,8 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
         "config": {k: v for k, v in asdict(cfg).items()},
         "held_out": results, "better_than_parent": bool(better),
         "export_gate": {"failures": export_report["failures"], "budget": export_report["budget"]},
-        "forgetting": forgetting, "learning_curve": curve, "epochs_run": len(history),
+        "forgetting": forgetting, "learning_curve": curve,
+        "epochs_run": [len(h) for h in history] if cfg.soup > 1 else len(history),
         "bundle": str(out), "run": str(run_out),
     }
     deployable = bool(better and gate_error is None)
@@ -359,6 +341,37 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     write_adapt_report(out, report)
     _finish_manifest(out, report, deployable)
     return report
+
+
+def fine_tune_soup(model, state, plan: SitePlan, spec, site, replay, cfg: AdaptConfig, progress) -> list:
+    """Fine-tune `model` from `state` (`cfg.soup` times, weights averaged); returns the history
+    (one run's, or a list of each member's)."""
+    members = list(soup_members(model, state, plan, spec, site, replay, cfg, progress))
+    if len(members) == 1:
+        return members[0][1]
+    model.set_weights(average_weights([w for w, _ in members]))
+    return [h for _, h in members]
+
+
+def soup_members(model, state, plan: SitePlan, spec, site, replay, cfg: AdaptConfig, progress):
+    """Yield (weights, history) of each fine-tune: the first on the plan's own fit/validation cells,
+    member k on validation cells drawn anew (seed + k) from the non-held-out ones."""
+    (x_fit, y_fit, x_val, y_val), (x_rep, y_rep) = site, replay
+    for k in range(max(1, cfg.soup)):
+        if k:
+            fit, val = plan_curve_split(plan.fit + plan.val, cfg.val_share, cfg.seed + k)
+            x_fit, y_fit = site_inputs(fit, spec), class_indices(r.label for r in fit)
+            x_val, y_val = site_inputs(val, spec), class_indices(r.label for r in val)
+            progress(f"  member {k + 1}/{cfg.soup}: {len(fit)} to fit, {len(val)} to stop early")
+        model.set_weights(state)
+        history = fine_tune(model, np.concatenate([x_fit, x_rep]), np.concatenate([y_fit, y_rep]),
+                            sample_weights(y_fit, len(x_rep), cfg.replay_weight), x_val, y_val, cfg,
+                            cfg.seed + k, progress, spec.cell_fraction)
+        yield model.get_weights(), history
+
+
+def average_weights(members: list[list[np.ndarray]]) -> list[np.ndarray]:
+    return [np.mean([m[i] for m in members], axis=0).astype(members[0][i].dtype) for i in range(len(members[0]))]
 
 
 def _bn_cells(x_fit, x_val, x_unl, cfg: AdaptConfig) -> np.ndarray:

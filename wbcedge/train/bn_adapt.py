@@ -16,24 +16,19 @@ import numpy as np
 from wbcedge.errors import InputDataError
 
 
-def _layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _layers(layer)
-
-
 def reestimate_batchnorm(model, inputs: np.ndarray, batch_size: int = 64):
     """Set every BatchNormalization's moving mean and variance to the average over `inputs`
     (uint8 or float model inputs, N x S x S x 3) of its per-batch statistics; returns `model`."""
     import keras
 
+    from wbcedge.train.models.registry import all_layers
+
     if len(inputs) < 2:
         raise InputDataError("re-estimating BatchNorm needs at least 2 target cells (use tens to hundreds)")
-    bns = [layer for layer in _layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     if not bns:
         raise InputDataError(f"{model.name} has no BatchNormalization layer to re-estimate")
-    dropouts = [layer for layer in _layers(model) if isinstance(layer, keras.layers.Dropout)]
+    dropouts = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.Dropout)]
     saved = [(layer.momentum, layer.trainable) for layer in bns], [layer.rate for layer in dropouts]
     for layer in dropouts:
         layer.rate = 0.0  # training mode for BatchNorm only: no dropout noise in the statistics

@@ -106,16 +106,16 @@ def _group_norm_start(opts: ModelOptions) -> ModelOptions:
 
 
 def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
 
 
-def _all_layers(model):
+def all_layers(model):
     for layer in model.layers:
         yield layer
         if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
 
 
 MODEL_NAMES = ("residual_cnn", "mobilenet_v2", "inception_v3", "xception", "resnet50")
