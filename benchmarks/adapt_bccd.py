@@ -23,6 +23,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -81,7 +82,9 @@ def save(path: Path, model_input: np.ndarray, spec) -> None:
 
 
 def build_site(bccd: Path, work: Path, per_class: int, max_share: float, seed: int) -> dict:
-    spec = load_bundle().spec
+    # Cut as the runner cuts, but saved with the colours the microscope gave: the model's own
+    # stain normalisation (when its spec has one) is applied when `adapt` reads the cells.
+    spec = replace(load_bundle().spec, stain_reference=None)
     labelled, unlabelled = cut_cells(bccd, spec)
     chosen = choose(labelled, per_class, max_share, seed)
     for part in ("labelled", "heldout", "unlabelled"):

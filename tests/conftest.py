@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "wbcedge" / "samples"
-DEFAULT_RUN = REPO / "training" / "runs" / "default-edge"
+DEFAULT_RUN = REPO / "training" / "runs" / "robust-edge-reinhard"   # the built-in bundle's run
 
 
 @pytest.fixture(scope="session")
@@ -34,5 +34,5 @@ def sample_manifest(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def default_run() -> Path:
     if not (DEFAULT_RUN / "model.keras").is_file():
-        pytest.skip("the default run folder training/runs/default-edge is not in this checkout")
+        pytest.skip(f"the default run folder {DEFAULT_RUN.relative_to(REPO)} is not in this checkout")
     return DEFAULT_RUN

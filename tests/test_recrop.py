@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,9 @@ from wbcedge.evaluation.shifts import looser_crop, tighter_crop
 from wbcedge.preprocess import PreprocessSpec, background_colour, read_image, square_window
 
 REPO = Path(__file__).resolve().parent.parent
-SPEC = PreprocessSpec.load(REPO / "wbcedge" / "default_bundle")
+# The crop policy only: the built-in spec's colour normalisation (Reinhard) is a later, separate
+# step that would change what the locator measures on the model inputs below.
+SPEC = replace(PreprocessSpec.load(REPO / "wbcedge" / "default_bundle"), stain_reference=None)
 CROPS = sorted((REPO / "wbcedge" / "samples" / "pbc").glob("*/*.jpg"))
 
 

@@ -193,17 +193,22 @@ def square_window(image_bgr: np.ndarray, cx: float, cy: float, side: int,
     return out
 
 
+def _lab(bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(bgr.astype(np.float32) * np.float32(1.0 / 255.0), cv2.COLOR_BGR2LAB)
+
+
 def _lab_stats(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lab = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB).reshape(-1, 3)
+    lab = _lab(bgr).reshape(-1, 3)
     return lab.mean(0), lab.std(0)
 
 
 def reinhard(crop_bgr: np.ndarray, reference: tuple[float, ...]) -> np.ndarray:
     """Reinhard colour transfer: the crop's CIELAB mean and deviation per channel set to `reference`."""
-    mean, std = _lab_stats(crop_bgr)
+    lab = _lab(crop_bgr)
+    flat = lab.reshape(-1, 3)
+    mean, std = flat.mean(0), flat.std(0)
     ref = np.asarray(reference, np.float32)
-    lab = cv2.cvtColor(crop_bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
-    lab = (lab - mean) / np.maximum(std, 1e-3) * ref[3:] + ref[:3]
+    lab = (lab - mean) * (ref[3:] / np.maximum(std, 1e-3)) + ref[:3]
     lab[..., 0] = np.clip(lab[..., 0], 0.0, 100.0)
     bgr = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
     return np.clip(np.round(bgr * 255.0), 0, 255).astype(np.uint8)

@@ -48,7 +48,10 @@ def test_unusable_frames_are_skipped_recorded_and_reported_and_the_run_goes_on(t
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "4 frames skipped: " in html and "caf\\xe9-frame.png" in html
     assert result.meta["skipped_summary"].startswith("4 frames skipped: ")
-    assert sum(result.differential["types"][c]["count"] for c in result.differential["classes"]) > 0
+    # the good frames' cells were located and recorded (classified or, on this other microscope,
+    # unidentified by the shift check): the bad frames did not stop the count
+    assert result.differential["total_cells"] > 0
+    assert result.differential["total_cells"] == result.differential["classified"] + result.differential["unidentified"]
 
 
 def test_the_cli_run_finishes_with_bad_frames_and_prints_the_skipped_line(tmp_path, capsys):

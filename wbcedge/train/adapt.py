@@ -36,7 +36,7 @@ from wbcedge.train.bn_adapt import reestimate_batchnorm
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-DEFAULT_RUN = Path(__file__).resolve().parents[2] / "training" / "runs" / "default-edge"
+DEFAULT_RUN = Path(__file__).resolve().parents[2] / "training" / "runs" / "robust-edge-reinhard"  # the built-in bundle's
 
 
 @dataclass
