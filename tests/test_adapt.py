@@ -126,7 +126,7 @@ def test_adapt_raises_held_out_accuracy_and_writes_a_bundle_that_verifies(tmp_pa
 
     labelled, heldout = _shifted_site(tmp_path / "site")
     cfg = AdaptConfig(epochs=6, patience=6, replay_per_class=2, formats=("tflite",), forgetting=False,
-                      calib=100, learning_rate=3e-4)
+                      calib=100, learning_rate=3e-4, soup=1)
     report = adapt(default_run, labelled, tmp_path / "bundle", cfg, test=heldout, progress=lambda m: None)
     held = report["held_out"]
     assert held["parent"]["n"] == 80
