@@ -61,6 +61,25 @@ def test_bccd_frames_raise_the_alarm_everywhere(bccd_session):
     assert all(c.label == UNIDENTIFIED for c in cells if c.ood_score > limit)
 
 
+def test_an_alarmed_session_withholds_the_high_and_low_flags(bccd_session):
+    from wbcedge.device.differential import differential, withhold_flags
+    from wbcedge.device.report import rebuild_outputs
+
+    result, _ = bccd_session
+    assert result.shift_alarm
+    for doc in (result.differential, json.loads((result.session_dir / "differential.json").read_text())["differential"]):
+        assert doc["flag_basis"].startswith("withheld") and all(t["flag"] == "" for t in doc["types"].values())
+    rebuild_outputs(result.session_dir)  # rebuilt from the database: still withheld
+    rebuilt = json.loads((result.session_dir / "differential.json").read_text())["differential"]
+    assert all(t["flag"] == "" for t in rebuilt["types"].values()) and rebuilt["flag_basis"].startswith("withheld")
+    # without an alarm the same counts are flagged as usual
+    plain = differential(["eosinophil"] * 3 + ["unidentified"])
+    assert plain["types"]["eosinophil"]["flag"] == "high" and plain["types"]["neutrophil"]["flag"] == "low"
+    held = withhold_flags(plain)
+    assert held["types"]["eosinophil"]["percent"] == plain["types"]["eosinophil"]["percent"]
+    assert plain["types"]["eosinophil"]["flag"] == "high"  # the original is not changed
+
+
 def test_pbc_sample_crops_raise_no_alarm():
     bundle = load_bundle()
     pipeline = CellPipeline(bundle)

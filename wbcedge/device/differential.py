@@ -242,3 +242,13 @@ def differential(labels: Sequence[str], classes: Sequence[str] = CLASSES, uniden
         "flag_basis": "point estimate outside the reference range",
         "types": types,
     }
+
+
+FLAGS_WITHHELD = ("withheld: the domain-shift alarm fired, so these percentages are not valid for this "
+                  "microscope and a high or low flag would read as a finding")
+
+
+def withhold_flags(diff: Mapping[str, Any], reason: str = FLAGS_WITHHELD) -> dict[str, Any]:
+    """A copy of `diff` with no high/low flag and `flag_basis` saying why (counts, percentages and
+    intervals stay: they are what the model saw, for review)."""
+    return {**diff, "types": {c: {**t, "flag": ""} for c, t in diff["types"].items()}, "flag_basis": reason}

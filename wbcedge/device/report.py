@@ -119,7 +119,7 @@ def skipped_line(skipped: list[SkippedRow], examples: int = 3) -> str:
 
 def rebuild_outputs(run_dir: Path | str, reference: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """differential.json/.csv and report.html again, from the session database alone (an interrupted session too)."""
-    from wbcedge.device.differential import ADULT_REFERENCE, differential, load_reference
+    from wbcedge.device.differential import ADULT_REFERENCE, differential, load_reference, withhold_flags
     from wbcedge.device.pipeline import UNIDENTIFIED
     from wbcedge.labels import CLASSES
 
@@ -132,6 +132,8 @@ def rebuild_outputs(run_dir: Path | str, reference: Mapping[str, Any] | None = N
         ref_path = meta.get("reference")
         reference = load_reference(ref_path) if ref_path and Path(ref_path).is_file() else ADULT_REFERENCE
     diff = differential([c.label for c in cells], classes, reference=reference)
+    if (meta.get("domain_shift") or {}).get("alarm"):
+        diff = withhold_flags(diff)
     if "finished_at" not in meta:
         meta.setdefault("stop_reason", "interrupted (no finished_at): rebuilt from the database")
     meta["rebuilt_from_database"] = True
@@ -230,6 +232,8 @@ def _caption(diff: Mapping[str, Any]) -> str:
     text = f"Percent of {n} classified cells; Clopper-Pearson exact interval."
     if n < 100:
         text += " Fewer than 100 cells: intervals are wide; count more fields."
+    if diff.get("flag_basis", "").startswith("withheld"):
+        text += " Flags withheld: domain-shift alarm."
     return text
 
 

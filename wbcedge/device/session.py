@@ -111,7 +111,7 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
     """Run one counting session; everything that can be wrong is checked before the first frame."""
     from wbcedge.bundle import BundleError, load_bundle
     from wbcedge.device.capture import CameraProfile, open_source
-    from wbcedge.device.differential import ADULT_REFERENCE, differential, load_reference
+    from wbcedge.device.differential import ADULT_REFERENCE, differential, load_reference, withhold_flags
     from wbcedge.device.pipeline import CellPipeline, StopFlag, run_session
     from wbcedge.device.records import OutputError, Recorder, read_cells, read_skipped
     from wbcedge.device.report import skipped_line, write_outputs
@@ -202,6 +202,8 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
                 timing=result.timing if result else None)
     domain_shift = (monitor.state() if monitor is not None
                     else {"score": None, "threshold": None, "alarm": None, "cells": len(labels), "note": SHIFT_OFF})
+    if domain_shift.get("alarm"):
+        diff = withhold_flags(diff)
     meta.update(temperature=pipeline.temperature)
     recorder.set_meta("stop_reason", stop_reason)
     recorder.set_meta("domain_shift", domain_shift)
