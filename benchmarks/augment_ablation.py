@@ -34,9 +34,13 @@ GROUPS = {
 }
 
 
-# The Reinhard reference of the built-in model (median CIELAB means and deviations of 500 PBC
-# training crops, as benchmarks/robustness_eval.py computes it)
-STAIN_REFERENCE = [78.8421, 11.3642, 7.3558, 15.8569, 9.4992, 14.2452]
+
+def stain_reference() -> list[float]:
+    """The built-in model's Reinhard reference (median CIELAB means and deviations of 500 PBC
+    training crops), read from its bundle's preprocessing spec."""
+    from wbcedge.bundle import load_bundle
+
+    return list(load_bundle().spec.stain_reference)
 
 
 def variants() -> dict[str, tuple[bool, str, dict, dict]]:
@@ -58,7 +62,7 @@ def config_for(reinhard: bool, preset: str, augment: dict, other: dict, seed: in
     return {"manifest": "training/pbc_split.csv", "model": "mobilenet_v2", "alpha": 0.35,
             "weights": "training/runs/default-edge/model.keras", "epochs": 1, "batch_size": 64,
             "learning_rate": 3e-4, "weight_decay": 1e-4, "patience": 1, "seed": seed,
-            "preprocess": {"stain_reference": STAIN_REFERENCE} if reinhard else {},
+            "preprocess": {"stain_reference": stain_reference()} if reinhard else {},
             "augment_preset": preset, "augment": augment, **other}
 
 

@@ -29,9 +29,10 @@ from wbcedge.preprocess import read_image, to_model_input
 
 def sample_records(manifest: Path, split: str, per_class: int, seed: int) -> list:
     rng = np.random.default_rng(seed)
+    records = [r for r in read_manifest(manifest) if r.split == split]
     chosen = []
     for c in CLASSES:
-        rows = [r for r in read_manifest(manifest) if r.split == split and r.label == c]
+        rows = [r for r in records if r.label == c]
         chosen += [rows[i] for i in sorted(rng.permutation(len(rows))[:per_class])]
     return chosen
 

@@ -51,26 +51,31 @@ def reestimate_batchnorm(model, inputs: np.ndarray, batch_size: int = 64):
 def adapt_run(run_dir: Path, inputs: np.ndarray, out: Path, note: str) -> Path:
     """A copy of a run folder whose model has its BatchNorm statistics re-estimated on `inputs`
     (saved without optimiser state); `note` says on what, in `adapted.json`."""
-    import shutil
-
     from wbcedge.train.run_folder import load_run
 
-    run_dir, out = Path(run_dir), Path(out)
-    predictor = load_run(run_dir)
-    model = reestimate_batchnorm(predictor.keras_model, inputs)
+    run_dir = Path(run_dir)
+    model = reestimate_batchnorm(load_run(run_dir).keras_model, inputs)
+    return write_derived_run(run_dir, out, model, "adapted.json",
+                             {"from": str(run_dir), "batchnorm_reestimated_on": note, "cells": int(len(inputs))})
+
+
+def write_derived_run(source: Path, out: Path, model, note_file: str, note: dict) -> Path:
+    """`out` as a run folder: `source`'s files (config, spec, labels, provenance) with `model` in place of
+    its model (saved without optimiser state) and `note_file` saying how it was derived."""
+    import shutil
+
+    source, out = Path(source), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for f in run_dir.iterdir():
+    for f in source.iterdir():
         if f.is_file() and f.name != "model.keras":
             shutil.copy(f, out / f.name)
     save_without_optimizer(model, out / "model.keras")
-    (out / "adapted.json").write_text(json.dumps({"from": str(run_dir), "batchnorm_reestimated_on": note,
-                                                  "cells": int(len(inputs))}, indent=2) + "\n")
+    (out / note_file).write_text(json.dumps(note, indent=2) + "\n")
     return out
 
 
 def save_without_optimizer(model, path: Path) -> None:
     """Save a model for inference and export only (a third of the file size of a checkpoint)."""
-    import keras
 
     clean = model.__class__.from_config(model.get_config())  # uncompiled: no optimiser (clone_model keeps it)
     clean.set_weights(model.get_weights())

@@ -12,8 +12,6 @@ run folder like any other (B's config, spec and labels), so `wbcedge evaluate` a
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,7 @@ def interpolate_weights(a: list[np.ndarray], b: list[np.ndarray], t: float) -> l
 
 
 def interpolate_runs(run_a: Path, run_b: Path, t: float, out: Path) -> Path:
-    from wbcedge.train.bn_adapt import save_without_optimizer
+    from wbcedge.train.bn_adapt import write_derived_run
     from wbcedge.train.run_folder import load_run
 
     run_a, run_b, out = Path(run_a), Path(run_b), Path(out)
@@ -41,14 +39,8 @@ def interpolate_runs(run_a: Path, run_b: Path, t: float, out: Path) -> Path:
         raise InputDataError(f"{run_a} and {run_b} preprocess differently; mix runs with one preprocessing spec")
     model = b.keras_model
     model.set_weights(interpolate_weights(a.keras_model.get_weights(), model.get_weights(), t))
-    out.mkdir(parents=True, exist_ok=True)
-    for f in run_b.iterdir():
-        if f.is_file() and f.name != "model.keras":
-            shutil.copy(f, out / f.name)
-    save_without_optimizer(model, out / "model.keras")
-    (out / "interpolated.json").write_text(json.dumps({"run_a": str(run_a), "run_b": str(run_b), "t": t,
-                                                       "weights": "(1 - t) * run_a + t * run_b"}, indent=2) + "\n")
-    return out
+    return write_derived_run(run_b, out, model, "interpolated.json",
+                             {"run_a": str(run_a), "run_b": str(run_b), "t": t, "weights": "(1 - t) * run_a + t * run_b"})
 
 
 def main(argv: list[str] | None = None) -> int:
