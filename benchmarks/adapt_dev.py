@@ -25,6 +25,7 @@ from wbcedge.labels import class_indices
 from wbcedge.train.adapt import (AdaptConfig, DEFAULT_RUN, _bn_cells, fine_tune_soup, reestimate_batchnorm,
                                  replay_records)
 from wbcedge.train.adapt_site import plan_site, site_inputs, unlabelled_inputs
+from wbcedge.train.bn_adapt import has_batchnorm
 from wbcedge.train.run_folder import load_run
 
 
@@ -54,7 +55,8 @@ def main() -> None:
             x_val, y_val = site_inputs(plan.val, spec), class_indices(r.label for r in plan.val)
             x_test, y_test = site_inputs(plan.test, spec), class_indices(r.label for r in plan.test)
             model.set_weights(initial)
-            reestimate_batchnorm(model, _bn_cells(x_fit, x_val, x_unl, cfg), cfg.bn_chunk)
+            if has_batchnorm(model):
+                reestimate_batchnorm(model, _bn_cells(x_fit, x_val, x_unl, cfg), cfg.bn_chunk)
             bn_accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))
             history = fine_tune_soup(model, model.get_weights(), plan, spec, (x_fit, y_fit, x_val, y_val),
                                      (x_rep, y_rep), cfg, lambda m: None)

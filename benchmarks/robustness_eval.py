@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--as-trained-only", action="store_true", help="skip the Reinhard and BatchNorm rows (ablations)")
     args = ap.parse_args()
 
-    from wbcedge.train.bn_adapt import reestimate_batchnorm, save_without_optimizer
+    from wbcedge.train.bn_adapt import has_batchnorm, reestimate_batchnorm, save_without_optimizer
     from wbcedge.train.run_folder import load_run
 
     records = read_manifest(args.manifest)
@@ -78,7 +78,7 @@ def main() -> None:
             model = predictor.keras_model
             rows[label] = {"pbc": summary(y_pbc, model.predict(x_pbc.astype(np.float32), verbose=0)),
                            "bccd": summary(y_bccd, model.predict(x_bccd.astype(np.float32), verbose=0))}
-            if args.as_trained_only or not _has_batchnorm(model):  # a GroupNorm model has no stored statistics to re-estimate
+            if args.as_trained_only or not has_batchnorm(model):  # a GroupNorm model has no stored statistics to re-estimate
                 print(run, label, {k: round(v["bccd"]["accuracy"], 3) for k, v in rows.items()}, flush=True)
                 continue
             adapted = reestimate_batchnorm(load_run(run).keras_model, x_bccd)
@@ -112,17 +112,6 @@ def main() -> None:
     for run, r in out["runs"].items():
         for row, v in r["rows"].items():
             print(f"| {run} | {row} | {_fmt(v['pbc'])} | {_fmt(v['bccd'])} |")
-
-
-def _has_batchnorm(model) -> bool:
-    import keras
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop()
-        if isinstance(layer, keras.layers.BatchNormalization):
-            return True
-        stack.extend(getattr(layer, "layers", []))
-    return False
 
 
 def _fmt(v: dict) -> str:

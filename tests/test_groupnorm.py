@@ -86,3 +86,13 @@ def test_groupnorm_model_converts_to_full_integer_tflite(pair, tmp_path) -> None
     assert probs.shape == (4, 5)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=0.05)
     np.testing.assert_allclose(probs, gn.predict(x.astype(np.float32), verbose=0), atol=0.1)
+
+
+def test_batchnorm_reestimation_knows_a_groupnorm_model_has_nothing_to_reestimate(pair) -> None:
+    from wbcedge.errors import InputDataError
+    from wbcedge.train.bn_adapt import has_batchnorm, reestimate_batchnorm
+
+    bn, gn = pair
+    assert has_batchnorm(bn) and not has_batchnorm(gn)   # `wbcedge adapt` skips its step 1 for gn
+    with pytest.raises(InputDataError, match="no BatchNormalization"):
+        reestimate_batchnorm(gn, np.zeros((4, 32, 32, 3), np.uint8))

@@ -32,7 +32,7 @@ from wbcedge.data.manifest import write_manifest as write_data_manifest
 from wbcedge.errors import InputDataError
 from wbcedge.labels import CLASSES, class_indices
 from wbcedge.train.adapt_site import SitePlan, plan_site, site_inputs, unlabelled_inputs
-from wbcedge.train.bn_adapt import reestimate_batchnorm
+from wbcedge.train.bn_adapt import has_batchnorm, reestimate_batchnorm
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -288,11 +288,14 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     x_rep, y_rep = site_inputs(replay, spec), class_indices(r.label for r in replay)
 
     stages = {"parent": predictor.predict_many(x_test)}
-    bn_cells = _bn_cells(x_fit, x_val, x_unl, cfg)
-    progress(f"step 1/4: BatchNorm statistics from {len(bn_cells)} site cells "
-             f"({len(x_unl)} unlabelled, the rest labelled; held-out cells not used)")
-    reestimate_batchnorm(model, bn_cells, cfg.bn_chunk)
-    stages["batchnorm"] = predictor.predict_many(x_test)
+    if has_batchnorm(model):
+        bn_cells = _bn_cells(x_fit, x_val, x_unl, cfg)
+        progress(f"step 1/4: BatchNorm statistics from {len(bn_cells)} site cells "
+                 f"({len(x_unl)} unlabelled, the rest labelled; held-out cells not used)")
+        reestimate_batchnorm(model, bn_cells, cfg.bn_chunk)
+        stages["batchnorm"] = predictor.predict_many(x_test)
+    else:
+        progress("step 1/4: skipped: the model has no BatchNorm statistics (GroupNorm normalises each cell by itself)")
     state = model.get_weights()
 
     progress(f"step 2/4: fine-tuning on {len(x_fit)} site cells + {len(x_rep)} replayed parent cells, "

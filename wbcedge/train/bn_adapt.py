@@ -16,6 +16,15 @@ import numpy as np
 from wbcedge.errors import InputDataError
 
 
+def has_batchnorm(model) -> bool:
+    """Whether `model` stores BatchNorm statistics (a GroupNorm model normalises each cell by itself)."""
+    import keras
+
+    from wbcedge.train.models.registry import all_layers
+
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in all_layers(model))
+
+
 def reestimate_batchnorm(model, inputs: np.ndarray, batch_size: int = 64):
     """Set every BatchNormalization's moving mean and variance to the average over `inputs`
     (uint8 or float model inputs, N x S x S x 3) of its per-batch statistics; returns `model`."""
