@@ -55,3 +55,47 @@ def _leaf_layers(model):
             yield from _leaf_layers(layer)
         else:
             yield layer
+
+
+class ConvertibleGroupNorm(keras.layers.GroupNormalization):
+    """GroupNormalization written in ops the int8 TFLite converter quantizes (MEAN, SUB, MUL,
+    RSQRT, static RESHAPE). Keras's own layer computes the variance as E[x^2] - E[x]^2 with
+    SQUARE and NEG, which the converter leaves in float (a QUANTIZE/DEQUANTIZE pair around each:
+    an "int8" file that is not fully integer, 7x slower per cell on this CPU) and whose difference
+    of two large terms loses the variance at 8 bits (the domain-shift features then disagree
+    with float). Same weights and config; the same function up to float rounding."""
+
+    def call(self, inputs):
+        rank = len(inputs.shape)
+        if self.axis not in (-1, rank - 1) or any(d is None for d in inputs.shape[1:]):
+            return super().call(inputs)
+        channels = int(inputs.shape[-1])
+        grouped = keras.ops.reshape(inputs, (-1, *inputs.shape[1:-1], self.groups, channels // self.groups))
+        axes = [*range(1, rank - 1), rank]          # the image's positions and the group's channels
+        mean = keras.ops.mean(grouped, axis=axes, keepdims=True)
+        centred = grouped - mean
+        variance = keras.ops.mean(centred * centred, axis=axes, keepdims=True)
+        normalised = keras.ops.reshape(centred * keras.ops.rsqrt(variance + self.epsilon), (-1, *inputs.shape[1:]))
+        if self.scale:
+            normalised = normalised * self.gamma
+        if self.center:
+            normalised = normalised + self.beta
+        return normalised
+
+
+def convertible(model: keras.Model) -> keras.Model:
+    """`model` with every GroupNormalization in `ConvertibleGroupNorm` (for int8 export); a model
+    without GroupNorm is returned as it is."""
+    if not any(isinstance(layer, keras.layers.GroupNormalization) for layer in _leaf_layers(model)):
+        return model
+
+    def swap(layer):
+        if type(layer) is keras.layers.GroupNormalization:
+            return ConvertibleGroupNorm.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    clone = keras.models.clone_model(model, clone_function=swap, recursive=True)
+    for old, new in zip(_leaf_layers(model), _leaf_layers(clone)):
+        if old.get_weights():
+            new.set_weights(old.get_weights())
+    return clone
