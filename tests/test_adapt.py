@@ -114,6 +114,11 @@ def _shifted_site(root: Path) -> tuple[Path, Path]:
                 view = np.rot90(image, v % 4)
                 view = view[:, ::-1] if v >= 4 else view
                 cv2.imwrite(str(root / part / c / f"{src.stem}_{v}.png"), np.ascontiguousarray(view))
+            if part == "labelled":   # unlabelled cells of the same "microscope" (a little more blurred)
+                (root / "unlabelled").mkdir(exist_ok=True)
+                for v in range(3):
+                    cv2.imwrite(str(root / "unlabelled" / f"{c}_{src.stem}_{v}.png"),
+                                np.ascontiguousarray(np.rot90(cv2.GaussianBlur(image, (0, 0), 1.0), v)))
     return root / "labelled", root / "heldout"
 
 
@@ -127,7 +132,8 @@ def test_adapt_raises_held_out_accuracy_and_writes_a_bundle_that_verifies(tmp_pa
     labelled, heldout = _shifted_site(tmp_path / "site")
     cfg = AdaptConfig(epochs=6, patience=6, replay_per_class=2, formats=("tflite",), forgetting=False,
                       calib=100, learning_rate=3e-4, soup=1)
-    report = adapt(default_run, labelled, tmp_path / "bundle", cfg, test=heldout, progress=lambda m: None)
+    report = adapt(default_run, labelled, tmp_path / "bundle", cfg, test=heldout,
+                   unlabelled=tmp_path / "site" / "unlabelled", progress=lambda m: None)
     held = report["held_out"]
     assert held["parent"]["n"] == 80
     assert held["adapted_float"]["accuracy"] > held["parent"]["accuracy"] + 0.15
@@ -138,6 +144,9 @@ def test_adapt_raises_held_out_accuracy_and_writes_a_bundle_that_verifies(tmp_pa
     assert adaptation["site_counts"]["lymphocyte"]["held_out"] == 16
     assert adaptation["parent_bundle_manifest_sha256"] is not None
     assert bundle.manifest["source_run"] == "bundle-run"
+    # a dozen validation cells alone could not set the shift check; with the 30 unlabelled ones it has one
+    shift = bundle.manifest["domain_shift"]
+    assert shift["reference"] and shift["val_images"] < 20 and shift["unlabelled_images"] == 30
     for name in ("adapt-report.md", "adapt-report.json", "adapt-report.png"):
         assert (tmp_path / "bundle" / name).is_file()
     saved = json.loads((tmp_path / "bundle" / "adapt-report.json").read_text())

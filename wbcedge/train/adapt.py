@@ -469,7 +469,7 @@ def _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progres
     calibration = calibration_inputs(np.concatenate([x_unl, x_fit, x_val]), x_rep, cfg.calib)
     supports = [v["held_out"] for v in plan.counts().values() if v["held_out"]]
     opts = ExportOptions(int8=True, formats=tuple(cfg.formats), data=str(run_out / "site.csv"), seed=cfg.seed, calibration_override=calibration,
-                         test_inputs_override=test_inputs,
+                         test_inputs_override=test_inputs, unlabelled_val_inputs=x_unl,
                          threshold=cfg.threshold if cfg.threshold is not None else parent.threshold,
                          max_drop=max(cfg.max_drop, 100.0 / len(plan.test) + 1e-6),
                          max_class_drop=max(cfg.max_class_drop, 100.0 / min(supports) + 1e-6))

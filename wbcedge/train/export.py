@@ -32,7 +32,7 @@ TFLITE_INT8 = "model_int8.tflite"
 EXPORT_LOG = "export.log"
 
 
-_ARRAY_OPTIONS = ("calibration_override", "test_inputs_override")  # arrays: not settings a file can hold
+_ARRAY_OPTIONS = ("calibration_override", "test_inputs_override", "unlabelled_val_inputs")  # arrays: not settings a file can hold
 
 
 @dataclass
@@ -64,6 +64,10 @@ class ExportOptions:
     # The test set's model inputs when the caller cut them itself (adapt: the site's crops exactly as it
     # trained and scored them), so the gate scores what was reported; else `labelled_inputs(test)`.
     test_inputs_override: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    # Model inputs of unlabelled cells of the same microscope, never trained on (adapt: the site's
+    # unlabelled cells): they join the validation crops for the shift check's scales and thresholds,
+    # which need no labels, so a site with a dozen validation cells still gets a shift check.
+    unlabelled_val_inputs: np.ndarray | None = field(default=None, repr=False)
 
 
     @classmethod
@@ -153,7 +157,8 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     float_res = classification_results(y_test, float_probs, classes)
     augment = run_augmentation(json.loads((run_dir / "config.json").read_text()))
     base, x_val, calibration_info, shift_info = (
-        build_reference(model, records, spec, classes, opts.reference_images, opts.seed, augment, progress)
+        build_reference(model, records, spec, classes, opts.reference_images, opts.seed, augment, progress,
+                        opts.unlabelled_val_inputs)
         if feature_dim else (None, None, {"temperature": 1.0, "fitted_on": None, "note": "shift check off"},
                              {"reference": None, "note": "no feature output (shift check off at export, "
                               "or the model's last layer is not a Dense layer wider than the classes)"}))

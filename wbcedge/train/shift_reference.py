@@ -70,23 +70,30 @@ def run_augmentation(config: dict) -> dict:
 
 
 def build_reference(model, records: list, spec, classes: list[str], max_train: int, seed: int,
-                    augment: dict | None = None, progress=print):
-    """(base reference or None, validation inputs, the manifest's "calibration", the manifest's "domain_shift").
+                    augment: dict | None = None, progress=print, unlabelled: np.ndarray | None = None):
+    """(base reference or None, threshold inputs, the manifest's "calibration", the manifest's "domain_shift").
 
-    The base holds the statistics; `calibrate_file` adds each model file's thresholds.
+    The base holds the statistics; `calibrate_file` adds each model file's thresholds, from the
+    validation crops plus `unlabelled` (model inputs of never-trained cells of the same microscope).
+    The temperature needs labels: it is fitted on the validation crops alone, and only when there
+    are at least MIN_VAL_IMAGES of them.
     """
     from wbcedge.evaluation.metrics import expected_calibration_error
     from wbcedge.preprocess import load_inputs
 
     train = sample_per_class([r for r in records if r.split == "train"], max_train, seed)
     val = [r for r in records if r.split == "val"]
-    if len(val) < MIN_VAL_IMAGES or len(train) < len(classes):
-        why = (f"{len(val)} validation images (need {MIN_VAL_IMAGES}) and {len(train)} training images; "
-               "the shift check is off and confidences are not calibrated in this bundle")
+    extra = np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8) if unlabelled is None else unlabelled
+    if len(val) + len(extra) < MIN_VAL_IMAGES or len(train) < len(classes):
+        why = (f"{len(val)} validation images and {len(extra)} unlabelled ones (need {MIN_VAL_IMAGES} together) "
+               f"and {len(train)} training images; the shift check is off and confidences are not calibrated in this bundle")
         progress(f"warning: {why}")
         return None, None, {"temperature": 1.0, "fitted_on": None, "note": why}, {"reference": None, "note": why}
     progress(f"reference statistics: {len(train)} training crops (colour also under the run's colour "
-             f"augmentation); scales, thresholds and temperature from {len(val)} validation crops")
+             f"augmentation); scales and thresholds from {len(val)} validation crops"
+             + (f" and {len(extra)} unlabelled cells" if len(extra) else "")
+             + ("; temperature from the validation crops" if len(val) >= MIN_VAL_IMAGES else
+                f"; no temperature ({len(val)} labelled validation crops, need {MIN_VAL_IMAGES})"))
     x_train = load_inputs([r.path for r in train], spec)
     y_train = class_indices(r.label for r in train)
     _, train_feats = predict_two(model, x_train)
@@ -94,24 +101,32 @@ def build_reference(model, records: list, spec, classes: list[str], max_train: i
     x_aug = colour_augmented(x_train, augment, seed)
     colour_means, colour_whiten = fit_reference(colour_statistics(np.concatenate([x_train, x_aug])),
                                                 np.concatenate([y_train, y_train[:len(x_aug)]]), len(classes), 0.01)
-    x_val = load_inputs([r.path for r in val], spec)
-    val_probs, val_feats = predict_two(model, x_val)
+    x_val = load_inputs([r.path for r in val], spec) if val else extra[:0]
+    x_thresholds = np.concatenate([x_val, extra.astype(x_val.dtype)]) if len(extra) else x_val
+    probs, feats = predict_two(model, x_thresholds)
     unscaled = ShiftReference(means, whiten, colour_means, colour_whiten, np.ones(2), 0.0, np.ones(1))
-    scales = np.median(unscaled.parts(val_feats, x_val), axis=0)
+    scales = np.median(unscaled.parts(feats, x_thresholds), axis=0)
     base = ShiftReference(means, whiten, colour_means, colour_whiten, scales, 0.0, np.ones(1))
-    y_val = class_indices(r.label for r in val)
-    temperature = fit_temperature(val_probs, y_val)
-    calibrated = apply_temperature(val_probs, temperature)
-    calibration = {"temperature": round(temperature, 4), "fitted_on": "val", "images": len(val),
-                   "nll_before": negative_log_likelihood(val_probs, y_val),
-                   "nll_after": negative_log_likelihood(calibrated, y_val),
-                   "ece_before": expected_calibration_error(y_val, val_probs),
-                   "ece_after": expected_calibration_error(y_val, calibrated)}
+    calibration = _temperature(probs[:len(val)], class_indices(r.label for r in val), expected_calibration_error)
     shift = {"reference": REFERENCE_FILE, "method": METHOD, "feature_dim": base.feature_dim,
              "train_images": len(train), "colour_augmented_images": len(x_aug), "val_images": len(val),
+             "unlabelled_images": len(extra),
              "cell_quantile": CELL_QUANTILE, "session_quantile": SESSION_QUANTILE, "session_margin": SESSION_MARGIN,
              "min_cells": base.min_cells, "thresholds": {}}
-    return base, x_val, calibration, shift
+    return base, x_thresholds, calibration, shift
+
+
+def _temperature(val_probs: np.ndarray, y_val: np.ndarray, ece) -> dict:
+    """The manifest's "calibration": a temperature fitted on labelled validation crops, or none when too few."""
+    if len(y_val) < MIN_VAL_IMAGES:
+        return {"temperature": 1.0, "fitted_on": None,
+                "note": f"{len(y_val)} labelled validation images (need {MIN_VAL_IMAGES}): confidences not calibrated"}
+    temperature = fit_temperature(val_probs, y_val)
+    calibrated = apply_temperature(val_probs, temperature)
+    return {"temperature": round(temperature, 4), "fitted_on": "val", "images": len(y_val),
+            "nll_before": negative_log_likelihood(val_probs, y_val),
+            "nll_after": negative_log_likelihood(calibrated, y_val),
+            "ece_before": ece(y_val, val_probs), "ece_after": ece(y_val, calibrated)}
 
 
 def calibrate_file(base: ShiftReference, classifier, x_val: np.ndarray, seed: int) -> ShiftReference:
