@@ -6,9 +6,9 @@
 The site's held-out cells (never trained on, never used for the reference) should look like
 the site; the parent's own test crops (PBC) should not: an adapted bundle taken back to the
 parent's microscope, or to a third one, must say so. Per-cell scores come from the bundle's
-default model file, as `wbcedge run` computes them; per-cell AUROC (scikit-learn) and the
-session alarm rate over random sessions of `--cells` cells from each side (the device's
-ShiftMonitor).
+default model file, as `wbcedge run` computes them; per-cell AUROC and the session alarm rate
+over random sessions of `--cells` cells from each side (shift_bench.py's `auroc` and
+`session_alarms`: the device's ShiftMonitor).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import numpy as np
 
 
 def main() -> None:
-    from sklearn.metrics import roc_auc_score
+    from shift_bench import auroc, session_alarms   # benchmarks/ is the script's own folder
 
     from wbcedge.bundle import load_bundle
     from wbcedge.data import read_manifest
     from wbcedge.data.index import index_folder
     from wbcedge.device.runtime import Classifier
-    from wbcedge.device.shift import ShiftMonitor, ShiftReference
+    from wbcedge.device.shift import ShiftReference
     from wbcedge.evaluation.evaluate import labelled_inputs
     from wbcedge.train.adapt_site import site_inputs
 
@@ -52,19 +52,12 @@ def main() -> None:
     for name, x in (("site", x_site), ("parent", x_parent)):
         _, feats = classifier.predict_many_with_features(x)
         scores[name] = reference.cell_scores(feats, x)
-    y = np.r_[np.zeros(len(scores["site"])), np.ones(len(scores["parent"]))]
     out = {"bundle": str(args.bundle), "model_file": model_file, "cells": {k: len(v) for k, v in scores.items()},
-           "auroc_parent_vs_site": float(roc_auc_score(y, np.r_[scores["site"], scores["parent"]])),
+           "auroc_parent_vs_site": auroc(scores["site"], scores["parent"]),
            "cell_alarm_rate": {k: float((v > reference.cell_threshold).mean()) for k, v in scores.items()},
-           "session_cells": args.cells, "sessions": args.sessions, "session_alarm_rate": {}}
-    rng = np.random.default_rng(0)
-    for name, s in scores.items():
-        alarms = 0
-        for _ in range(args.sessions):
-            monitor = ShiftMonitor(reference)
-            monitor.add(s[rng.choice(len(s), size=args.cells, replace=len(s) < args.cells)])
-            alarms += monitor.alarm
-        out["session_alarm_rate"][name] = alarms / args.sessions
+           "session_cells": args.cells, "sessions": args.sessions,
+           "session_alarm_rate": {k: float(np.mean(session_alarms(v, reference, args.sessions, args.cells, seed=0)))
+                                  for k, v in scores.items()}}
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -40,12 +40,14 @@ def main() -> None:
     # (measured: 0.78 against 1.92 ms for two identical architectures at 2 threads; 0.54 and 0.52
     # ms each alone)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model-file", help="this file of every bundle (e.g. model_int8.tflite) instead of its default "
+                                         "(a bundle that failed the gate defaults to its fp32 file)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     loaded = []
     for path in args.bundles:
         bundle = load_bundle(path)
-        model = Classifier(bundle.path / bundle.manifest["default_model"], threads=args.threads)
+        model = Classifier(bundle.path / (args.model_file or bundle.manifest["default_model"]), threads=args.threads)
         crops = sample_crops(args.frames, bundle.spec)
         for crop in crops[:3]:  # warm-up
             model.predict_many_with_features(to_model_input(crop, bundle.spec)[None])

@@ -18,6 +18,7 @@ from wbcedge.train.convert import to_tflite
 from wbcedge.device.runtime import Classifier
 from wbcedge.train.adapt_site import site_inputs
 from wbcedge.data import read_manifest
+from wbcedge.labels import class_indices
 
 class SpatialGN(keras.layers.GroupNormalization):
     """4-D only: per-channel spatial means, then a block-averaging matmul over each group's channels."""
@@ -52,7 +53,7 @@ model, spec = pred.keras_model, pred.spec
 recs = [r for r in read_manifest(Path("training/pbc_split.csv")) if r.split == "train"][::40][:150]
 calib = site_inputs(recs, spec)
 test = [r for r in read_manifest(Path("training/pbc_split.csv")) if r.split == "test"][::5]
-xt = site_inputs(test, spec); yt = np.array([["basophil","eosinophil","lymphocyte","monocyte","neutrophil"].index(r.label) for r in test])
+xt = site_inputs(test, spec); yt = class_indices(r.label for r in test)
 sp = swap_to(model, SpatialGN)
 x = calib[:8].astype(np.float32)
 print("max diff spatial vs keras", float(np.abs(sp.predict(x, verbose=0) - model.predict(x, verbose=0)).max()))

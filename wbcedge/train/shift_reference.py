@@ -78,7 +78,6 @@ def build_reference(model, records: list, spec, classes: list[str], max_train: i
     The temperature needs labels: it is fitted on the validation crops alone, and only when there
     are at least MIN_VAL_IMAGES of them.
     """
-    from wbcedge.evaluation.metrics import expected_calibration_error
     from wbcedge.preprocess import load_inputs
 
     train = sample_per_class([r for r in records if r.split == "train"], max_train, seed)
@@ -107,7 +106,7 @@ def build_reference(model, records: list, spec, classes: list[str], max_train: i
     unscaled = ShiftReference(means, whiten, colour_means, colour_whiten, np.ones(2), 0.0, np.ones(1))
     scales = np.median(unscaled.parts(feats, x_thresholds), axis=0)
     base = ShiftReference(means, whiten, colour_means, colour_whiten, scales, 0.0, np.ones(1))
-    calibration = _temperature(probs[:len(val)], class_indices(r.label for r in val), expected_calibration_error)
+    calibration = _temperature(probs[:len(val)], class_indices(r.label for r in val))
     shift = {"reference": REFERENCE_FILE, "method": METHOD, "feature_dim": base.feature_dim,
              "train_images": len(train), "colour_augmented_images": len(x_aug), "val_images": len(val),
              "unlabelled_images": len(extra),
@@ -116,8 +115,10 @@ def build_reference(model, records: list, spec, classes: list[str], max_train: i
     return base, x_thresholds, calibration, shift
 
 
-def _temperature(val_probs: np.ndarray, y_val: np.ndarray, ece) -> dict:
+def _temperature(val_probs: np.ndarray, y_val: np.ndarray) -> dict:
     """The manifest's "calibration": a temperature fitted on labelled validation crops, or none when too few."""
+    from wbcedge.evaluation.metrics import expected_calibration_error as ece
+
     if len(y_val) < MIN_VAL_IMAGES:
         return {"temperature": 1.0, "fitted_on": None,
                 "note": f"{len(y_val)} labelled validation images (need {MIN_VAL_IMAGES}): confidences not calibrated"}
