@@ -96,3 +96,32 @@ def test_batchnorm_reestimation_knows_a_groupnorm_model_has_nothing_to_reestimat
     assert has_batchnorm(bn) and not has_batchnorm(gn)   # `wbcedge adapt` skips its step 1 for gn
     with pytest.raises(InputDataError, match="no BatchNormalization"):
         reestimate_batchnorm(gn, np.zeros((4, 32, 32, 3), np.uint8))
+
+
+def test_group_late_swaps_only_the_last_stage_and_the_head(pair, tmp_path) -> None:
+    bn = keras.saving.load_model(_saved(pair[0], tmp_path / "bn0.keras"))
+    for layer in _leaf_layers(bn):   # statistics a fresh build cannot have, to see them carried over
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_variance.assign(np.random.default_rng(4).uniform(0.5, 2.0, layer.moving_variance.shape))
+    path = _saved(bn, tmp_path / "bn.keras")
+    late = create_model("mobilenet_v2", input_size=32, alpha=0.35, norm="group-late", weights=str(path))
+    swapped = [layer for layer in _leaf_layers(late) if isinstance(layer, keras.layers.GroupNormalization)]
+    kept = [layer for layer in _leaf_layers(late) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert swapped and kept and len(swapped) + len(kept) == kinds(bn)["BatchNormalization"]
+    # at 32 px the last stage is 1x1: every GroupNorm is there or in the (2-D) head, every BatchNorm before it
+    assert all(len(g.output.shape) == 2 or g.output.shape[1] == 1 for g in swapped)
+    assert all(len(b.output.shape) == 4 and b.output.shape[1] > 1 for b in kept)
+    # the BatchNorm layers it keeps keep the checkpoint's statistics, not fresh ones
+    first_bn = {layer.name: layer for layer in _leaf_layers(bn)}[kept[0].name]
+    np.testing.assert_allclose(kept[0].moving_variance.numpy(), first_bn.moving_variance.numpy())
+    assert not np.allclose(first_bn.moving_variance.numpy(), 1.0)
+    again_path = tmp_path / "late.keras"
+    late.save(again_path)   # a mixed checkpoint loads as itself (it holds BatchNorm too)
+    again = create_model("mobilenet_v2", input_size=32, alpha=0.35, norm="group-late", weights=str(again_path))
+    x = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(late.predict(x, verbose=0), again.predict(x, verbose=0), atol=1e-5)
+
+
+def _saved(model, path):
+    model.save(path)
+    return path

@@ -20,11 +20,15 @@ def groups_for(channels: int) -> int:
     return math.gcd(channels, MAX_GROUPS)
 
 
-def to_group_norm(model: keras.Model) -> keras.Model:
-    """A copy of `model` with each BatchNormalization replaced by GroupNormalization over the
-    same axis; BatchNorm's scale and offset carry over (its moving statistics cannot)."""
+def to_group_norm(model: keras.Model, where=None) -> keras.Model:
+    """A copy of `model` with each BatchNormalization (or each one for which `where(layer)` is
+    true) replaced by GroupNormalization over the same axis; BatchNorm's scale and offset carry
+    over (its moving statistics cannot)."""
+    def swapped(layer) -> bool:
+        return isinstance(layer, keras.layers.BatchNormalization) and (where is None or where(layer))
+
     def swap(layer):
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if swapped(layer):
             channels = int(layer.gamma.shape[0]) if layer.built else None
             if channels is None:
                 raise ValueError(f"{layer.name} is not built: build the model before swapping its normalisation")
@@ -42,11 +46,20 @@ def to_group_norm(model: keras.Model) -> keras.Model:
     clone = keras.models.clone_model(model, clone_function=swap, call_function=call, recursive=True)
     for old, new in zip(_leaf_layers(model), _leaf_layers(clone)):
         weights = old.get_weights()
-        if isinstance(old, keras.layers.BatchNormalization):
+        if isinstance(old, keras.layers.BatchNormalization) and isinstance(new, keras.layers.GroupNormalization):
             new.set_weights(weights[:2])  # gamma, beta
         elif weights:
             new.set_weights(weights)
     return clone
+
+
+def late_layers(input_size: int, stride: int = 32):
+    """`where` for `to_group_norm`: the normalisations of the last stage (feature maps at most
+    input_size / stride a side) and of the dense head, where GroupNorm costs little on the device."""
+    def where(layer) -> bool:
+        shape = layer.output.shape
+        return len(shape) == 2 or (len(shape) == 4 and shape[1] is not None and shape[1] <= input_size // stride)
+    return where
 
 
 def _leaf_layers(model):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
 
 import keras
 
@@ -22,7 +22,12 @@ FAMILY_PREPROCESS: dict[str, dict] = {
     "xception": {"input_size": 299},
 }
 
-NORMS = ("batch", "group")
+NORMS = ("batch", "group", "group-late")
+# "group-late": GroupNorm only where it is cheap on the device: the last stage (feature maps at
+# most 1/32 of the input side: 5x5 at 160 px) and the dense head; BatchNorm (folded into the
+# convolutions at export) everywhere else. int8 TFLite, one thread, this CPU: 1.05-1.08x the
+# all-BatchNorm network per cell, against 1.5x with GroupNorm from 1/16 on and 10x everywhere
+# (benchmarks/groupnorm_latency.py --where).
 
 
 def default_preprocess(family: str) -> PreprocessSpec:
@@ -40,6 +45,7 @@ class ModelOptions:
     dropout: float = 0.3
     num_classes: int = len(CLASSES)
     norm: str = "batch"           # "batch": BatchNormalization as Keras builds it; "group": GroupNormalization
+                                  # everywhere; "group-late": only in the last stage and the head (NORMS)
 
     @property
     def input_size(self) -> int:
@@ -76,10 +82,10 @@ def create_model(name: str | None = None, options: ModelOptions | None = None, *
         raise InputDataError(f"unknown model '{opts.name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
     if opts.norm not in NORMS:
         raise InputDataError(f"unknown normalisation '{opts.norm}'; choose one of: {', '.join(NORMS)}")
-    if opts.norm == "group":  # build with BatchNorm, swap, then load GroupNorm weights if given
-        from wbcedge.train.models.groupnorm import to_group_norm
-        model = to_group_norm(_BUILDERS[opts.name](opts if opts.weights in ("none", "imagenet")
-                                                   else _group_norm_start(opts)))
+    if opts.norm != "batch":  # build with BatchNorm, swap, then load GroupNorm weights if given
+        from wbcedge.train.models.groupnorm import late_layers, to_group_norm
+        built = _BUILDERS[opts.name](opts if opts.weights in ("none", "imagenet") else _group_norm_start(opts))
+        model = to_group_norm(built, where=late_layers(opts.input_size) if opts.norm == "group-late" else None)
         if opts.weights not in ("none", "imagenet") and not _is_batchnorm_checkpoint(opts):
             model.load_weights(opts.weights)
     else:
@@ -96,7 +102,8 @@ def _is_batchnorm_checkpoint(opts: ModelOptions) -> bool:
         return False
     import zipfile
     with zipfile.ZipFile(opts.weights) as z:
-        return "BatchNormalization" in z.read("config.json").decode()
+        config = z.read("config.json").decode()
+    return "BatchNormalization" in config and "GroupNormalization" not in config
 
 
 def _group_norm_start(opts: ModelOptions) -> ModelOptions:
