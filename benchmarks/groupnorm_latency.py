@@ -14,7 +14,8 @@ layer the package uses.
 Where GroupNorm may go: MobileNetV2 0.35 at 160 px (random weights; latency does not depend on
 them) with GroupNorm in place of BatchNorm only where the feature maps are at most S pixels a
 side (S = 5: the last stage, what `norm = "group-late"` builds; 10; 20; 80 = every convolution),
-the dense head's normalisations as BatchNorm in every row; int8 TFLite, 60 interleaved calls.
+and on the stem's first convolution only; the dense head's normalisations as BatchNorm in every
+row; int8 TFLite, 60 interleaved calls.
 """
 import sys
 import time
@@ -62,7 +63,7 @@ def swap_to(model, cls):
 
 def where_latency():
     from wbcedge.train.models.groupnorm import to_group_norm
-    from wbcedge.train.models.registry import create_model
+    from wbcedge.train.models.registry import all_layers, create_model
     base = create_model("mobilenet_v2", alpha=0.35, input_size=160, weights="none")
     def side(layer):
         shape = layer.output.shape
@@ -73,6 +74,9 @@ def where_latency():
     for s in (5, 10, 20, 80):
         m = to_group_norm(base, where=lambda layer, s=s: 0 < side(layer) <= s)
         files[f"groupnorm where side <= {s}"] = to_tflite(m, out / f"gn{s}.tflite", "int8", calib)
+    stem = next(layer.name for layer in all_layers(base) if isinstance(layer, keras.layers.BatchNormalization))
+    m = to_group_norm(base, where=lambda layer: layer.name == stem)   # the first one only: 80x80x16
+    files["groupnorm on the stem only"] = to_tflite(m, out / "gn_stem.tflite", "int8", calib)
     clfs = {k: Classifier(v, threads=1) for k, v in files.items()}
     times = {k: [] for k in clfs}
     for _ in range(60):

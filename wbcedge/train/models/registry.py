@@ -25,9 +25,10 @@ FAMILY_PREPROCESS: dict[str, dict] = {
 NORMS = ("batch", "group", "group-late")
 # "group-late": GroupNorm only where it is cheap on the device: the last stage (feature maps at
 # most 1/32 of the input side: 5x5 at 160 px) and the dense head; BatchNorm (folded into the
-# convolutions at export) everywhere else. int8 TFLite, one thread, this CPU: 1.05-1.08x the
-# all-BatchNorm network per cell, against 1.5x with GroupNorm from 1/16 on and 10x everywhere
-# (benchmarks/groupnorm_latency.py --where).
+# convolutions at export) everywhere else. int8 TFLite, one thread, this CPU: 1.05-1.18x the
+# all-BatchNorm network's inference, against 1.5-1.7x with GroupNorm from 1/16 on and 10x
+# everywhere (benchmarks/groupnorm_latency.py --where). Measured on BCCD it bought nothing
+# (30.7% against its BatchNorm twin's 29.5%, docs/model-card.md): kept as a measured option.
 
 
 def default_preprocess(family: str) -> PreprocessSpec:
