@@ -60,3 +60,15 @@ def test_the_reference_travels_in_the_spec_and_is_applied_by_to_model_input(tmp_
 def test_a_malformed_reference_is_refused(bad) -> None:
     with pytest.raises(InputDataError, match="stain_reference"):
         PreprocessSpec(stain_reference=bad)
+
+
+def test_normalising_model_inputs_afterwards_is_what_to_model_input_does() -> None:
+    from dataclasses import replace
+
+    from wbcedge.preprocess import stain_normalise_inputs
+
+    spec = PreprocessSpec(input_size=32, stain_reference=stain_reference_of([smear()]))
+    crops = [smear(tint=(40, -20, -30)), smear(tint=(-30, 10, 25), seed=1)]
+    raw = np.stack([to_model_input(c, replace(spec, stain_reference=None)) for c in crops])
+    np.testing.assert_array_equal(stain_normalise_inputs(raw, spec), np.stack([to_model_input(c, spec) for c in crops]))
+    np.testing.assert_array_equal(stain_normalise_inputs(raw, replace(spec, stain_reference=None)), raw)

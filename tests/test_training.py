@@ -86,3 +86,34 @@ def test_more_epochs_on_a_finished_run_says_how_to_train_further(tiny_run, sampl
     assert "finished after 8 epochs" in message
     assert f"--weights {run_dir / 'model.keras'} --epochs 4 --out {run_dir}-more" in message
     assert (run_dir / "history.csv").read_text() == before
+
+
+def test_training_normalises_stain_after_the_augmentation_as_the_device_does(sample_manifest, tmp_path):
+    """A colour shift made by the augmentation reaches the model normalised away, as a shifted
+    crop from another microscope reaches it on the device; and such a run trains end to end."""
+    import tensorflow as tf
+
+    from wbcedge.preprocess import read_image, stain_normalise_inputs, stain_reference_of, to_model_input
+    from wbcedge.train.augment import AugmentConfig, make_augment
+    from wbcedge.train.training import _stain_normalised
+
+    paths = [r.path for r in read_manifest(sample_manifest)][:6]
+    reference = stain_reference_of([read_image(p) for p in paths])
+    spec = PreprocessSpec(input_size=32, stain_reference=reference)
+    raw = np.stack([to_model_input(read_image(p), PreprocessSpec(input_size=32)) for p in paths])
+    tint = make_augment(AugmentConfig.from_dict({"white_balance": 0.3}, "none"))
+    shifted = tint(tf.constant(raw, tf.float32), tf.constant([1, 2], tf.int64))
+    out = _stain_normalised(tf, shifted, spec).numpy()
+    assert out.shape == raw.shape
+    np.testing.assert_allclose(out, stain_normalise_inputs(np.clip(np.rint(shifted.numpy()), 0, 255).astype(np.uint8), spec))
+    device = np.stack([to_model_input(read_image(p), spec) for p in paths]).astype(float)
+    # the tint is gone after normalisation (up to rounding and clipping), as on the device
+    assert np.abs(out - device).mean() < np.abs(shifted.numpy() - device).mean() / 3
+
+    cfg = TrainConfig(manifest=str(sample_manifest), model="residual_cnn", epochs=1, batch_size=8,
+                      preprocess={"input_size": 32, "stain_reference": list(reference)}, augment={"white_balance": 0.3},
+                      augment_preset="none", seed=1)
+    assert cfg.stain_after_augment
+    summary = train(cfg, tmp_path / "run", progress=lambda m: None)
+    assert np.isfinite(summary["best_val_accuracy"])
+    assert PreprocessSpec.load(tmp_path / "run").stain_reference == tuple(reference)

@@ -216,6 +216,24 @@ def reinhard(crop_bgr: np.ndarray, reference: tuple[float, ...]) -> np.ndarray:
     return cv2.convertScaleAbs(bgr, alpha=255.0)  # rounds to the nearest grey level; in [0, 1] abs changes nothing
 
 
+def stain_normalise_inputs(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Model inputs (N, S, S, 3 uint8 in the spec's colour order) with the spec's stain
+    normalisation applied to each, exactly as `to_model_input` applies it to a resized crop.
+
+    Training calls it after augmenting, so the model learns from what the device makes of a
+    crop from another microscope (shifted first, then normalised), not from normalised crops
+    shifted afterwards, which the device never sees."""
+    if spec.stain_reference is None:
+        return images
+    rgb = spec.color_order == "RGB"
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb else image
+        normalised = reinhard(bgr, spec.stain_reference)
+        out[i] = cv2.cvtColor(normalised, cv2.COLOR_BGR2RGB) if rgb else normalised
+    return out
+
+
 def stain_reference_of(crops_bgr) -> tuple[float, ...]:
     """The Reinhard reference of a set of crops (the training crops, as BGR uint8 images):
     the median over crops of each crop's CIELAB means and deviations."""

@@ -22,7 +22,7 @@ import numpy as np
 from wbcedge.data import read_manifest
 from wbcedge.errors import InputDataError
 from wbcedge.labels import CLASSES, class_indices
-from wbcedge.preprocess import PreprocessSpec, load_inputs
+from wbcedge.preprocess import PreprocessSpec, load_inputs, stain_normalise_inputs
 from wbcedge.provenance import file_sha256, package_versions
 from wbcedge.tomlfile import read_toml
 from wbcedge.train.augment import AugmentConfig, make_augment
@@ -59,6 +59,10 @@ class TrainConfig:
     mixed_precision: str = "auto"   # auto = on when a GPU is visible
     jit_compile: str = "auto"       # XLA; auto = on when a GPU is visible
     max_train_images: int = 0       # 0 = all (small values are for tests)
+    # With a stain reference in the spec: augment the crops as they come, then normalise them,
+    # as the device normalises a crop from another microscope (false: normalise when decoding,
+    # then augment; how the runs trained before 2026-12-01 late were made).
+    stain_after_augment: bool = True
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
@@ -139,7 +143,9 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
         rng = np.random.default_rng(cfg.seed)
         train_recs = [train_recs[i] for i in sorted(rng.permutation(len(train_recs))[:cfg.max_train_images])]
     progress(f"decoding {len(train_recs)} train and {len(val_recs)} val images at {spec.input_size}px")
-    x_train, y_train = load_inputs([r.path for r in train_recs], spec), class_indices(r.label for r in train_recs)
+    normalise_late = spec.stain_reference is not None and cfg.stain_after_augment
+    decode_spec = replace(spec, stain_reference=None) if normalise_late else spec
+    x_train, y_train = load_inputs([r.path for r in train_recs], decode_spec), class_indices(r.label for r in train_recs)
     x_val, y_val = load_inputs([r.path for r in val_recs], spec), class_indices(r.label for r in val_recs)
 
     strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -151,8 +157,10 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
                 .batch(batch))
     train_ds = (tf.data.Dataset.zip((train_ds, step_seeds))
                 .map(lambda xy, s: (tf.cast(xy[0], tf.float32), xy[1], s), num_parallel_calls=tf.data.AUTOTUNE)
-                .map(lambda x, y, s: (augment(x, s), y), num_parallel_calls=tf.data.AUTOTUNE)
-                .prefetch(tf.data.AUTOTUNE))
+                .map(lambda x, y, s: (augment(x, s), y), num_parallel_calls=tf.data.AUTOTUNE))
+    if normalise_late:
+        train_ds = train_ds.map(lambda x, y: (_stain_normalised(tf, x, spec), y), num_parallel_calls=tf.data.AUTOTUNE)
+    train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
     val_ds = (tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch)
               .map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE))
 
@@ -228,6 +236,15 @@ def train(cfg: TrainConfig, run_dir: Path, progress=print) -> dict:
                "train_images": len(x_train), "val_images": len(x_val), "best_val_accuracy": val_acc}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _stain_normalised(tf, images, spec: PreprocessSpec):
+    """The device's stain normalisation (numpy, `stain_normalise_inputs`) on an augmented float batch."""
+    def normalise(batch):
+        return stain_normalise_inputs(np.clip(np.rint(batch), 0, 255).astype(np.uint8), spec).astype(np.float32)
+    out = tf.numpy_function(normalise, [images], tf.float32)
+    out.set_shape(images.shape)
+    return out
 
 
 def spec_with_data_scale(spec: PreprocessSpec, manifest: str, progress=print) -> PreprocessSpec:
