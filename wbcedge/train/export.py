@@ -155,10 +155,12 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
                           else (keras_model.keras_model, None))
     float_probs, float_feats = predict_two(model, x_test)
     float_res = classification_results(y_test, float_probs, classes)
-    augment = run_augmentation(json.loads((run_dir / "config.json").read_text()))
+    run_config = json.loads((run_dir / "config.json").read_text())
+    augment = run_augmentation(run_config)
     base, x_val, calibration_info, shift_info = (
         build_reference(model, records, spec, classes, opts.reference_images, opts.seed, augment, progress,
-                        opts.unlabelled_val_inputs)
+                        opts.unlabelled_val_inputs,
+                        stain_after_augment=run_config.get("stain_after_augment", False))  # absent: trained before it
         if feature_dim else (None, None, {"temperature": 1.0, "fitted_on": None, "note": "shift check off"},
                              {"reference": None, "note": "no feature output (shift check off at export, "
                               "or the model's last layer is not a Dense layer wider than the classes)"}))

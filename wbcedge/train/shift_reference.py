@@ -70,15 +70,19 @@ def run_augmentation(config: dict) -> dict:
 
 
 def build_reference(model, records: list, spec, classes: list[str], max_train: int, seed: int,
-                    augment: dict | None = None, progress=print, unlabelled: np.ndarray | None = None):
+                    augment: dict | None = None, progress=print, unlabelled: np.ndarray | None = None,
+                    stain_after_augment: bool = False):
     """(base reference or None, threshold inputs, the manifest's "calibration", the manifest's "domain_shift").
 
     The base holds the statistics; `calibrate_file` adds each model file's thresholds, from the
     validation crops plus `unlabelled` (model inputs of never-trained cells of the same microscope).
     The temperature needs labels: it is fitted on the validation crops alone, and only when there
-    are at least MIN_VAL_IMAGES of them.
+    are at least MIN_VAL_IMAGES of them. `stain_after_augment`: the run shifted its crops first and
+    normalised them after (`TrainConfig.stain_after_augment`), so the colour-augmented crops are made so too.
     """
-    from wbcedge.preprocess import load_inputs
+    from dataclasses import replace
+
+    from wbcedge.preprocess import load_inputs, stain_normalise_inputs
 
     train = sample_per_class([r for r in records if r.split == "train"], max_train, seed)
     val = [r for r in records if r.split == "val"]
@@ -97,7 +101,11 @@ def build_reference(model, records: list, spec, classes: list[str], max_train: i
     y_train = class_indices(r.label for r in train)
     _, train_feats = predict_two(model, x_train)
     means, whiten = fit_reference(train_feats, y_train, len(classes))
-    x_aug = colour_augmented(x_train, augment, seed)
+    if stain_after_augment and spec.stain_reference is not None:
+        raw = load_inputs([r.path for r in train], replace(spec, stain_reference=None))
+        x_aug = stain_normalise_inputs(colour_augmented(raw, augment, seed), spec)
+    else:
+        x_aug = colour_augmented(x_train, augment, seed)
     colour_means, colour_whiten = fit_reference(colour_statistics(np.concatenate([x_train, x_aug])),
                                                 np.concatenate([y_train, y_train[:len(x_aug)]]), len(classes), 0.01)
     x_val = load_inputs([r.path for r in val], spec) if val else extra[:0]
