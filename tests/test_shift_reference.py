@@ -59,3 +59,21 @@ def test_unlabelled_site_cells_give_the_check_its_thresholds_but_not_a_temperatu
     assert len(x_thresholds) == n_val + len(unlabelled)
     assert calibration["temperature"] == 1.0 and calibration["fitted_on"] is None
     assert f"{n_val} labelled validation images" in calibration["note"]
+
+
+def test_a_run_that_normalised_after_augmenting_gets_a_reference_made_the_same_way(site):
+    """With stain normalisation last (as the device does it), the colour-augmented reference crops
+    are shifted, then normalised: the tint is taken out again, so their colours spread less."""
+    from dataclasses import replace
+
+    from wbcedge.preprocess import read_image, stain_reference_of
+
+    model, spec, records, unlabelled = site
+    spec = replace(spec, stain_reference=stain_reference_of([read_image(r.path) for r in records]))
+    tint = {"white_balance": 0.4, "tint": 0.2}
+    spreads = {}
+    for after in (False, True):
+        base, *_ = build_reference(model, records, spec, list(CLASSES), 100, 0, augment=tint,
+                                   progress=lambda m: None, unlabelled=unlabelled, stain_after_augment=after)
+        spreads[after] = float(np.linalg.norm(np.linalg.inv(base.colour_whiten)))   # ~ the colours' spread
+    assert spreads[True] < spreads[False] / 2
