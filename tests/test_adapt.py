@@ -151,6 +151,9 @@ def test_adapt_raises_held_out_accuracy_and_writes_a_bundle_that_verifies(tmp_pa
         assert (tmp_path / "bundle" / name).is_file()
     saved = json.loads((tmp_path / "bundle" / "adapt-report.json").read_text())
     assert saved["deployable"] == bundle.deployable == report["deployable"]
+    # no learning curve was asked for: the report's next steps say how to get one
+    assert saved["next_steps"] == report["next_steps"] and "--curve" in report["next_steps"][-1]
+    assert "## Next steps" in (tmp_path / "bundle" / "adapt-report.md").read_text()
     # the gate scored the held-out cells exactly as adapt did: its fp32 file agrees with the report's float figure
     gate = json.loads((tmp_path / "bundle" / "report.json").read_text())
     fp32 = next(f for f in gate["files"] if f["precision"] == "fp32")
@@ -202,3 +205,33 @@ def test_a_soup_is_the_average_of_fine_tunes_on_differently_drawn_validation_cel
     assert len(histories) == 2
     for got, want in zip(model.get_weights(), average_weights(members)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # each member depends on its seed only
+
+
+def _report_for_next_steps(curve_means: list[float]) -> dict:
+    """An adapt report with held-out results scored from generated predictions: eosinophils at 50%
+    recall, neutrophils and monocytes well; lymphocytes held out but not adapted; a learning curve."""
+    from wbcedge.train.adapt_report import held_out_results
+
+    y = np.array([1] * 20 + [4] * 20 + [3] * 10 + [2] * 3)
+    adapted = np.eye(5)[y].copy()
+    adapted[:10] = np.eye(5)[4]                    # half the eosinophils called neutrophils
+    parent = np.eye(5)[np.full(len(y), 3)]
+    results = held_out_results(y, {"parent": parent, "adapted_int8": adapted}, list(CLASSES))
+    counts = {c: {"fit": 16, "val": 4, "held_out": int((y == i).sum())} for i, c in enumerate(CLASSES)}
+    points = [{"per_class": k, "cells": 4 * k, "seed": s, "accuracy": m + 0.01 * (s - 0.5)}
+              for k, m in zip((5, 10, 20), curve_means) for s in (0, 1)]
+    return {"held_out": results, "learning_curve": {"points": points, "held_out_cells": len(y)},
+            "site": {"adapted": ["eosinophil", "monocyte", "neutrophil"], "not_adapted": ["basophil", "lymphocyte"],
+                     "counts": counts}}
+
+
+def test_next_steps_name_the_weak_classes_and_read_the_learning_curve():
+    from wbcedge.train.adapt_report import next_steps
+
+    rising = next_steps(_report_for_next_steps([0.60, 0.65, 0.72]))
+    assert rising[0].startswith("Label more cells of eosinophil (adapted recall 50.0% on 20 held-out cells, 20 labelled)")
+    assert "monocyte" not in rising[0] and "neutrophil" not in rising[0]
+    assert "No site cells of lymphocyte" in rising[1] and "basophil" not in rising[1]   # no basophil held out
+    assert "still rising (+7.0 points from 10 to 20" in rising[2]
+    flat = next_steps(_report_for_next_steps([0.60, 0.70, 0.71]))
+    assert "flat (+1.0 points" in flat[2]

@@ -54,6 +54,8 @@ def adapt_cmd(
                 status.update(message.strip()[:100])
         report = adapt(run, data, out, cfg, unlabelled=unlabelled, test=test, progress=progress)
     console.print(_table(report))
+    for step in report["next_steps"]:
+        console.print(f"- {step}", highlight=False)
     console.print(f"bundle: {out}" + ("" if report["deployable"] else " (NOT deployable)")
                   + f"; report: {out / 'adapt-report.md'}")
     write_json(json_path, report)

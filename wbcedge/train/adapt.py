@@ -263,7 +263,7 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     Refusals (bad site data) come before any model is loaded. A result that does not beat
     the parent on the held-out cells still writes the bundle and report, marked not deployable.
     """
-    from wbcedge.train.adapt_report import held_out_results, write_adapt_report
+    from wbcedge.train.adapt_report import held_out_results, next_steps, write_adapt_report
 
     plan = plan_site(data, cfg.holdout, cfg.seed, test, cfg.val_share)
     parent = resolve_parent(run)
@@ -343,6 +343,7 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
                              "curve, --curve) or check that the labels and crops are right")
     elif gate_error is not None:
         report["refusal"] = str(gate_error)
+    report["next_steps"] = next_steps(report)
     write_adapt_report(out, report)
     _finish_manifest(out, report, deployable)
     return report

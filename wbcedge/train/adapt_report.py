@@ -78,8 +78,43 @@ def report_markdown(report: dict) -> str:
         for k, pts in _curve_groups(curve).items():
             accs = [p["accuracy"] for p in pts]
             lines.append(f"| {k} | {pts[0]['cells']} | {', '.join(_pct(a) for a in accs)} | {_pct(float(np.mean(accs)))} |")
+    lines += ["", "## Next steps", ""] + [f"- {step}" for step in report.get("next_steps", [])]
     lines += ["", "![held-out recall and learning curve](adapt-report.png)", ""]
     return "\n".join(lines)
+
+
+RECALL_TO_REACH = 0.75     # a class below this adapted recall is named in the next steps (issue 14's per-class bar)
+STILL_RISING_PP = 2.0      # the curve's last step buys at least this many points: labelling more helps
+
+
+def next_steps(report: dict) -> list[str]:
+    """What the lab should do next, from the held-out recall per class and the learning curve."""
+    held, site = report["held_out"], report["site"]
+    steps = []
+    weak = [(c, r) for c, r in held["adapted_int8"]["per_class"].items()
+            if c in site["adapted"] and r["support"] and r["recall"] < RECALL_TO_REACH]
+    if weak:
+        steps.append("Label more cells of " + ", ".join(
+            f"{c} (adapted recall {_pct(r['recall'])} on {r['support']} held-out cells, "
+            f"{site['counts'][c]['fit'] + site['counts'][c]['val']} labelled)" for c, r in weak) + ".")
+    missing = [c for c in site["not_adapted"] if held["parent"]["per_class"].get(c, {}).get("support")]
+    if missing:
+        steps.append(f"No site cells of {', '.join(missing)}: kept as the parent classifies them; label at least "
+                     "3 (better 20) to adapt them.")
+    groups = _curve_groups(report["learning_curve"]) if report.get("learning_curve") else {}
+    if len(groups) >= 2:
+        (k0, pts0), (k1, pts1) = list(groups.items())[-2:]
+        gain = 100 * (np.mean([p["accuracy"] for p in pts1]) - np.mean([p["accuracy"] for p in pts0]))
+        if gain >= STILL_RISING_PP:
+            steps.append(f"The learning curve is still rising ({gain:+.1f} points from {k0} to {k1} cells per "
+                         "class): labelling more cells is likely to help.")
+        else:
+            steps.append(f"The learning curve is flat ({gain:+.1f} points from {k0} to {k1} cells per class): more "
+                         "cells like these are unlikely to help much; check the labels and the crops of the classes "
+                         "that miss.")
+    elif not groups:
+        steps.append("Run again with --curve to see whether labelling more cells would help.")
+    return steps
 
 
 def _curve_groups(curve: dict) -> dict:
