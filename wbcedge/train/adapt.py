@@ -36,7 +36,7 @@ from wbcedge.train.bn_adapt import has_batchnorm, reestimate_batchnorm
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-DEFAULT_RUN = Path(__file__).resolve().parents[2] / "training" / "runs" / "robust-edge-reinhard"  # the built-in bundle's
+DEFAULT_RUN = Path(__file__).resolve().parents[2] / "training" / "runs" / "robust-edge-step1-reinhard"  # the built-in bundle's
 
 
 @dataclass
