@@ -226,6 +226,7 @@ def _report_for_next_steps(curve_means: list[float]) -> dict:
 
 
 def test_next_steps_name_the_weak_classes_and_read_the_learning_curve():
+    pytest.importorskip("sklearn", reason="the held-out results use the report extra (scikit-learn)")
     from wbcedge.train.adapt_report import next_steps
 
     rising = next_steps(_report_for_next_steps([0.60, 0.65, 0.72]))
