@@ -97,15 +97,18 @@ def build_reference(model, records: list, spec, classes: list[str], max_train: i
              + (f" and {len(extra)} unlabelled cells" if len(extra) else "")
              + ("; temperature from the validation crops" if len(val) >= MIN_VAL_IMAGES else
                 f"; no temperature ({len(val)} labelled validation crops, need {MIN_VAL_IMAGES})"))
-    x_train = load_inputs([r.path for r in train], spec)
+    if stain_after_augment and spec.stain_reference is not None:
+        # decoded once, without the normalisation: normalised as they are (what to_model_input
+        # makes of them) and after the colour augmentation
+        raw = load_inputs([r.path for r in train], replace(spec, stain_reference=None))
+        x_train = stain_normalise_inputs(raw, spec)
+        x_aug = stain_normalise_inputs(colour_augmented(raw, augment, seed), spec)
+    else:
+        x_train = load_inputs([r.path for r in train], spec)
+        x_aug = colour_augmented(x_train, augment, seed)
     y_train = class_indices(r.label for r in train)
     _, train_feats = predict_two(model, x_train)
     means, whiten = fit_reference(train_feats, y_train, len(classes))
-    if stain_after_augment and spec.stain_reference is not None:
-        raw = load_inputs([r.path for r in train], replace(spec, stain_reference=None))
-        x_aug = stain_normalise_inputs(colour_augmented(raw, augment, seed), spec)
-    else:
-        x_aug = colour_augmented(x_train, augment, seed)
     colour_means, colour_whiten = fit_reference(colour_statistics(np.concatenate([x_train, x_aug])),
                                                 np.concatenate([y_train, y_train[:len(x_aug)]]), len(classes), 0.01)
     x_val = load_inputs([r.path for r in val], spec) if val else extra[:0]
