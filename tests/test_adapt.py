@@ -185,8 +185,9 @@ def test_a_review_export_folder_uses_only_reviewer_labelled_cells(tmp_path):
 def test_a_soup_is_the_average_of_fine_tunes_on_differently_drawn_validation_cells(tmp_path, default_run):
     pytest.importorskip("tensorflow")
     from wbcedge.labels import class_indices
-    from wbcedge.train.adapt import AdaptConfig, average_weights, fine_tune_soup, soup_members
+    from wbcedge.train.adapt import AdaptConfig, fine_tune_soup, soup_members
     from wbcedge.train.adapt_site import plan_site, site_inputs
+    from wbcedge.train.interpolate import average_weights
     from wbcedge.train.run_folder import load_run
 
     labelled, _ = _shifted_site(tmp_path / "site")

@@ -43,3 +43,34 @@ def test_interpolated_run_folder_ends_at_each_run_and_is_halfway_between(default
         for a, b, m in zip(wa, wb, mixed.keras_model.get_weights()):
             np.testing.assert_allclose(m, (1 - t) * a + t * b, rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "t0.5" / "interpolated.json").read_text())["t"] == 0.5
+
+
+def test_a_soup_is_the_uniform_average_and_needs_two_runs_of_one_architecture(tmp_path) -> None:
+    from wbcedge.train.interpolate import average_weights, mix_runs
+
+    members = [[np.full((2, 2), v, np.float32), np.array([v, -v], np.float32)] for v in (1.0, 2.0, 6.0)]
+    soup = average_weights(members)
+    np.testing.assert_allclose(soup[0], 3.0)
+    np.testing.assert_allclose(soup[1], [3.0, -3.0])
+    assert soup[0].dtype == np.float32
+    with pytest.raises(InputDataError, match="at least two"):
+        mix_runs([tmp_path], tmp_path / "out")
+    with pytest.raises(InputDataError, match="exactly two"):
+        mix_runs([tmp_path, tmp_path, tmp_path], tmp_path / "out", t=0.5)
+
+
+@pytest.mark.slow
+def test_a_soup_run_folder_averages_three_runs(default_run, tmp_path) -> None:
+    from wbcedge.train.interpolate import mix_runs
+
+    rng = np.random.default_rng(1)
+    spec = load_run(default_run).spec
+    runs = [default_run]
+    for k, (lo, hi) in enumerate([(150, 256), (0, 100)]):
+        x = rng.integers(lo, hi, (16, spec.input_size, spec.input_size, 3)).astype(np.uint8)
+        runs.append(adapt_run(default_run, x, tmp_path / f"run{k}", "random inputs"))
+    weights = [load_run(r).keras_model.get_weights() for r in runs]
+    soup = load_run(mix_runs(runs, tmp_path / "soup"))
+    for i, got in enumerate(soup.keras_model.get_weights()):
+        np.testing.assert_allclose(got, np.mean([w[i] for w in weights], axis=0), rtol=1e-5, atol=1e-6)
+    assert json.loads((tmp_path / "soup" / "interpolated.json").read_text())["runs"] == [str(r) for r in runs]

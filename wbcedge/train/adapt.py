@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from wbcedge.bundle import DEFAULT_BUNDLE, MANIFEST, load_bundle, write_manifest
-from wbcedge.provenance import file_sha256 as sha256_of
 from wbcedge.data.manifest import Record, read_manifest
 from wbcedge.data.manifest import write_manifest as write_data_manifest
 from wbcedge.errors import InputDataError
 from wbcedge.labels import CLASSES, class_indices
+from wbcedge.provenance import file_sha256 as sha256_of
 from wbcedge.train.adapt_site import SitePlan, plan_site, site_inputs, unlabelled_inputs
 from wbcedge.train.bn_adapt import has_batchnorm, reestimate_batchnorm
+from wbcedge.train.interpolate import average_weights
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -374,10 +375,6 @@ def soup_members(model, state, plan: SitePlan, spec, site, replay, cfg: AdaptCon
                             sample_weights(y_fit, len(x_rep), cfg.replay_weight), x_val, y_val, cfg,
                             cfg.seed + k, progress, spec.cell_fraction)
         yield model.get_weights(), history
-
-
-def average_weights(members: list[list[np.ndarray]]) -> list[np.ndarray]:
-    return [np.mean([m[i] for m in members], axis=0).astype(members[0][i].dtype) for i in range(len(members[0]))]
 
 
 def _bn_cells(x_fit, x_val, x_unl, cfg: AdaptConfig) -> np.ndarray:
