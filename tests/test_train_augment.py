@@ -125,6 +125,17 @@ def test_train_config_nests_the_preprocessing_spec_and_reads_old_layouts(tmp_pat
     assert TrainConfig().augment_preset == "robust"
 
 
+def test_an_augment_table_in_a_toml_changes_the_robust_preset_and_does_not_switch_it_off(tmp_path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('manifest = "m.csv"\n\n[augment]\nclean = 0.15\n')
+    cfg = TrainConfig.load(path)
+    assert cfg.augment_preset == "robust"
+    resolved = AugmentConfig.from_dict(cfg.augment, cfg.augment_preset)
+    assert resolved.clean == 0.15 and resolved.hed > 0 and resolved.defocus > 0 and resolved.scale and resolved.flips
+    path.write_text('manifest = "m.csv"\naugment_preset = "none"\n\n[augment]\nclean = 0.15\n')
+    assert not AugmentConfig.from_dict(TrainConfig.load(path).augment, "none").flips
+
+
 def test_clean_share_leaves_that_share_of_images_as_given() -> None:
     x = cell_batch(64)
     photometric = dict(hed=0.1, white_balance=0.2, brightness=0.2, noise=8.0)

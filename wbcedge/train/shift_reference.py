@@ -65,7 +65,7 @@ def run_augmentation(config: dict) -> dict:
 
     if "augment" not in config and "augment_preset" not in config:
         return AugmentConfig.none().to_dict()  # the config does not say: assume none rather than guess
-    cfg = TrainConfig.from_dict(config)
+    cfg = TrainConfig.from_dict(config, run_folder_config=True)
     return AugmentConfig.from_dict(cfg.augment, cfg.augment_preset).to_dict()
 
 

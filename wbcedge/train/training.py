@@ -67,23 +67,30 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         path = Path(path)
-        data = read_toml(path) if path.suffix == ".toml" else json.loads(path.read_text())
+        toml = path.suffix == ".toml"
+        data = read_toml(path) if toml else json.loads(path.read_text())
         try:
-            return cls.from_dict(data)
+            return cls.from_dict(data, run_folder_config=not toml)
         except InputDataError as e:
             raise InputDataError(f"{path}: {e}") from None
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        """A config from a TOML table or a run folder's config.json, old layouts included."""
+    def from_dict(cls, data: dict, run_folder_config: bool = False) -> "TrainConfig":
+        """A config from a TOML table, or (`run_folder_config`) a run folder's config.json, old layouts included.
+
+        In a TOML table, `[augment]` changes the preset (`augment_preset`, default "robust").
+        Only a run folder's config.json from before the presets listed every augmentation it
+        used under `augment` alone; that one means the "none" preset underneath. (Until
+        2026-12-02 a TOML `[augment]` table without a preset was read that way too, so e.g.
+        `[augment] clean = 0.15` silently trained with no augmentation at all.)"""
         data = dict(data)
         for derived in ("model_options", "augment_resolved"):  # written beside the config in config.json
             data.pop(derived, None)
         flat = {k: data.pop(k) for k in _FLAT_SPEC_KEYS if k in data}
         if flat:  # before the nested spec, these were top-level options
             data["preprocess"] = {**flat, **data.get("preprocess", {})}
-        if "augment" in data and "augment_preset" not in data:
-            data["augment_preset"] = "none"  # an old config listed every augmentation it used
+        if run_folder_config and "augment" in data and "augment_preset" not in data:
+            data["augment_preset"] = "none"  # an old run's config.json listed every augmentation it used
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputDataError(f"unknown training options {sorted(unknown)}; "
