@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "wbcedge" / "samples"
-DEFAULT_RUN = REPO / "training" / "runs" / "robust-edge-step1-reinhard"   # the built-in bundle's run
+DEFAULT_RUN = REPO / "training" / "runs" / "robust-edge-step1-wise"   # the built-in bundle's run
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def test_training_verbs_on_a_device_only_install_name_the_extra(monkeypatch, cap
         (run / "model.keras").write_bytes(b"")
         args = ["export", str(run), "--data", str(sample_manifest), "--out", str(tmp_path / "b")]
     else:  # TensorFlow is there, the converter is not: the ONNX step says which extra brings it
-        run = repo_root / "training" / "runs" / "robust-edge-step1-reinhard"
+        run = repo_root / "training" / "runs" / "robust-edge-step1-wise"
         if not (run / "model.keras").is_file():
             pytest.skip("needs the committed default run")
         args = ["export", str(run), "--data", str(sample_manifest), "--no-int8", "--format", "onnx",

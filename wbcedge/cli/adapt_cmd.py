@@ -15,11 +15,11 @@ from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, writ
 
 @app.command("adapt", rich_help_panel="On the training box", epilog=examples(
     "wbcedge adapt --data site-cells --out site-bundle",
-    "wbcedge adapt training/runs/robust-edge-step1-reinhard --data site-cells --unlabelled runs/session-20261201-101500 "
+    "wbcedge adapt training/runs/robust-edge-step1-wise --data site-cells --unlabelled runs/session-20261201-101500 "
     "--out site-bundle --curve"))
 def adapt_cmd(
     run: Path = typer.Argument(None, help="Run folder (or a bundle naming its source run) to start from; "
-                                          "default: the built-in model's run, training/runs/robust-edge-step1-reinhard."),
+                                          "default: the built-in model's run, training/runs/robust-edge-step1-wise."),
     data: Path = typer.Option(..., "--data", help="The site's labelled cells: DIR/<class>/*.jpg or a data manifest; "
                                                    "any subset of the five classes."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (the adapted run goes to OUT-run/)."),

@@ -37,7 +37,7 @@ from wbcedge.train.interpolate import average_weights
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-DEFAULT_RUN = Path(__file__).resolve().parents[2] / "training" / "runs" / "robust-edge-step1-reinhard"  # the built-in bundle's
+DEFAULT_RUN = Path(__file__).resolve().parents[2] / "training" / "runs" / "robust-edge-step1-wise"  # the built-in bundle's
 
 
 @dataclass
