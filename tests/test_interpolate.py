@@ -11,7 +11,7 @@ pytest.importorskip("tensorflow")
 
 from wbcedge.errors import InputDataError  # noqa: E402
 from wbcedge.train.bn_adapt import adapt_run  # noqa: E402
-from wbcedge.train.interpolate import interpolate_runs, interpolate_weights  # noqa: E402
+from wbcedge.train.interpolate import interpolate_weights, mix_runs  # noqa: E402
 from wbcedge.train.models import create_model  # noqa: E402
 from wbcedge.train.run_folder import load_run  # noqa: E402
 
@@ -38,7 +38,7 @@ def test_interpolated_run_folder_ends_at_each_run_and_is_halfway_between(default
     wa, wb = load_run(default_run).keras_model.get_weights(), load_run(other).keras_model.get_weights()
     assert max(float(np.abs(a - b).max()) for a, b in zip(wa, wb)) > 1e-2
     for t in (0.0, 0.5, 1.0):
-        mixed = load_run(interpolate_runs(default_run, other, t, tmp_path / f"t{t}"))
+        mixed = load_run(mix_runs([default_run, other], tmp_path / f"t{t}", t))
         assert mixed.spec == spec and mixed.classes == load_run(default_run).classes
         for a, b, m in zip(wa, wb, mixed.keras_model.get_weights()):
             np.testing.assert_allclose(m, (1 - t) * a + t * b, rtol=1e-5, atol=1e-6)
@@ -46,7 +46,7 @@ def test_interpolated_run_folder_ends_at_each_run_and_is_halfway_between(default
 
 
 def test_a_soup_is_the_uniform_average_and_needs_two_runs_of_one_architecture(tmp_path) -> None:
-    from wbcedge.train.interpolate import average_weights, mix_runs
+    from wbcedge.train.interpolate import average_weights
 
     members = [[np.full((2, 2), v, np.float32), np.array([v, -v], np.float32)] for v in (1.0, 2.0, 6.0)]
     soup = average_weights(members)
@@ -61,8 +61,6 @@ def test_a_soup_is_the_uniform_average_and_needs_two_runs_of_one_architecture(tm
 
 @pytest.mark.slow
 def test_a_soup_run_folder_averages_three_runs(default_run, tmp_path) -> None:
-    from wbcedge.train.interpolate import mix_runs
-
     rng = np.random.default_rng(1)
     spec = load_run(default_run).spec
     runs = [default_run]

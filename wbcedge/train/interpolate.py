@@ -70,10 +70,6 @@ def mix_runs(runs: list[Path], out: Path, t: float | None = None) -> Path:
     return write_derived_run(runs[-1], out, model, "interpolated.json", note)
 
 
-def interpolate_runs(run_a: Path, run_b: Path, t: float, out: Path) -> Path:
-    return mix_runs([run_a, run_b], out, t)
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
