@@ -1,5 +1,6 @@
 """Choose a robust model without another microscope's labels: PBC validation crops under the
-locator bench's controlled shifts (`wbcedge.evaluation.shifts`), scored per run folder.
+locator bench's controlled shifts (`wbcedge.evaluation.shifts`), scored per run folder, or per
+model file of a bundle folder (the int8 drop under shift, with the device runtime).
 
     PYTHONPATH=$PWD nice -n 10 python benchmarks/shifted_val.py training/runs/default-edge \\
         training/runs/robust-edge --per-class 100 --json build/eval/shifted-val.json
@@ -54,6 +55,24 @@ def shifted_sets(images: list[np.ndarray], seed: int) -> dict[str, list[np.ndarr
     return sets
 
 
+def predictors(paths: list[Path]):
+    """(name, spec, predict) per run folder (its Keras model) or per model file of a bundle folder
+    (the device runtime: int8 files under shift, without another microscope's labels)."""
+    for path in paths:
+        if (path / "manifest.json").is_file():
+            from wbcedge.bundle import load_bundle
+            from wbcedge.device.runtime import Classifier
+
+            bundle = load_bundle(path)
+            for entry in bundle.manifest["models"]:
+                yield f"{path}/{entry['file']}", bundle.spec, Classifier(bundle.path / entry["file"], threads=2).predict_many
+        else:
+            from wbcedge.train.run_folder import load_run
+
+            run = load_run(path)
+            yield str(path), run.spec, run.predict_many
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
@@ -64,23 +83,20 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from wbcedge.train.run_folder import load_run
-
     records = sample_records(args.manifest, args.split, args.per_class, args.seed)
     y = class_indices(r.label for r in records)
     sets = shifted_sets([read_image(r.path) for r in records], args.seed)
     results = {}
-    for run in args.runs:
-        predictor = load_run(run)
-        acc = {name: float((predictor.predict_many(np.stack([to_model_input(im, predictor.spec) for im in ims]))
-                            .argmax(1) == y).mean()) for name, ims in sets.items()}
+    for name, spec, predict in predictors(args.runs):
+        acc = {shift: float((predict(np.stack([to_model_input(im, spec) for im in ims])).argmax(1) == y).mean())
+               for shift, ims in sets.items()}
         middle = [v for k, v in acc.items() if k.endswith(" middle")]
         strong = [v for k, v in acc.items() if k.endswith(" strong")]
         summary = {"clean": acc["none"], "mean_middle": float(np.mean(middle)), "mean_strong": float(np.mean(strong)),
                    "worst_middle": float(np.min(middle)), "mixed": acc["mixed (3 shifts, middle)"]}
-        results[str(run)] = {"summary": summary, "per_shift": acc, "n": len(y)}
-        print(str(run), json.dumps({k: round(v, 4) for k, v in summary.items()}), flush=True)
-    print("\n| shift | " + " | ".join(Path(r).name for r in results) + " |")
+        results[name] = {"summary": summary, "per_shift": acc, "n": len(y)}
+        print(name, json.dumps({k: round(v, 4) for k, v in summary.items()}), flush=True)
+    print("\n| shift | " + " | ".join("/".join(Path(r).parts[-2:]) for r in results) + " |")
     print("|---|" + "---|" * len(results))
     for name in sets:
         print(f"| {name} | " + " | ".join(f"{v['per_shift'][name]:.1%}" for v in results.values()) + " |")

@@ -150,3 +150,32 @@ def test_gate_floors_refuse_a_model_that_predicts_one_class(export_manifest, tmp
     assert strict.min_accuracy > ExportOptions().min_accuracy and strict.max_share_excess < 30
     lax = ExportOptions(int8=False, formats=("tflite",), min_accuracy=0, min_class_recall=0, max_share_excess=100)
     assert export(run, tmp_path / "lax", lax, progress=lambda m: None)["failures"] == []
+
+
+def test_half_the_calibration_crops_are_shown_as_the_run_trained_on_them(default_run, sample_manifest):
+    """int8 ranges from clean crops alone clip what another microscope's cells drive the model to:
+    every other calibration crop goes through the run's own augmentation, then the spec's stain
+    normalisation (the built-in run normalises after augmenting, as the device sees such a cell)."""
+    from wbcedge.preprocess import load_inputs
+    from wbcedge.train.export import calibration_inputs
+    from wbcedge.train.shift_reference import run_augmentation
+
+    spec = PreprocessSpec.load(default_run)
+    config = json.loads((default_run / "config.json").read_text())
+    records = [r for r in data.read_manifest(sample_manifest) if r.split == "train"]
+    as_device = load_inputs([r.path for r in records], spec)
+    augment = run_augmentation(config)
+    assert config["stain_after_augment"] and spec.stain_reference is not None
+
+    def changed(x):
+        return [not np.array_equal(a, b) for a, b in zip(x, as_device)]
+
+    assert changed(calibration_inputs(records, spec, augment, 0.0, 0, True)) == [False] * len(records)
+    half = calibration_inputs(records, spec, augment, 0.5, 0, True)
+    assert half.shape == as_device.shape and half.dtype == np.uint8
+    # odd positions augmented; the run keeps 15% of crops clean, so one may come back as it was
+    assert changed(half)[0::2] == [False] * len(records[0::2]) and sum(changed(half)[1::2]) >= len(records[1::2]) - 1
+    none = run_augmentation({"augment_preset": "none"})
+    assert changed(calibration_inputs(records, spec, none, 0.5, 0, True)) == [False] * len(records)
+    with pytest.raises(ValueError, match="calib_augmented = 1.5"):
+        calibration_inputs(records, spec, augment, 1.5, 0, True)

@@ -23,6 +23,8 @@ def export_cmd(
     formats: str = typer.Option(None, "--format", help="Comma-separated: tflite, onnx (default tflite,onnx)."),
     float16: bool = typer.Option(None, "--float16", help="Also a float16-weights TFLite file (default: no).", show_default=False),
     calib: int = typer.Option(None, "--calib", help="Calibration images, class-stratified from the train split (default 300)."),
+    calib_augmented: float = typer.Option(None, "--calib-augmented", help="Share of the calibration images shown under the "
+                                          "run's training augmentation, 0-1 (default 0)."),
     max_drop: float = typer.Option(None, "--max-drop", help="Accuracy points a file may lose against float (default 1.0)."),
     max_class_drop: float = typer.Option(None, "--max-class-drop", help="Recall points any class may lose (default 3.0)."),
     activation_type: str = typer.Option(None, "--activation-type", help="ONNX int8 activations: uint8 or int8 (default uint8)."),
@@ -44,7 +46,7 @@ def export_cmd(
             opts = ExportOptions.load(config)
         except (OSError, ValueError) as e:
             fail(f"cannot read export config {config}: {e}")
-    given = dict(int8=int8, float16=float16, calib=calib, max_drop=max_drop, max_class_drop=max_class_drop,
+    given = dict(int8=int8, float16=float16, calib=calib, calib_augmented=calib_augmented, max_drop=max_drop, max_class_drop=max_class_drop,
                  activation_type=activation_type, threshold=threshold, archive=archive,
                  formats=tuple(f.strip() for f in formats.split(",") if f.strip()) if formats is not None else None,
                  data=str(data) if data else None)

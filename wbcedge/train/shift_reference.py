@@ -43,16 +43,25 @@ def sample_per_class(records: list, n: int, seed: int) -> list:
 def colour_augmented(inputs: np.ndarray, augment: dict | None, seed: int, batch: int = 256) -> np.ndarray:
     """The training run's augmentation without its geometry (flips, rotations, scale) applied to each
     crop once, as training did. `augment` is a full `AugmentConfig` dict (`run_augmentation`)."""
+    return augmented(inputs, augment, seed, batch=batch)
+
+
+def augmented(inputs: np.ndarray, augment: dict | None, seed: int, cell_fraction: float | None = None,
+              batch: int = 256) -> np.ndarray:
+    """Each crop once under the run's augmentation: with its geometry (zoom, flips) when `cell_fraction`
+    (the spec's) is given, colour only otherwise. Empty when the run trained without augmentation."""
     from dataclasses import replace
 
     from wbcedge.train.augment import AugmentConfig, make_augment
 
-    cfg = replace(AugmentConfig.from_dict(augment, "none"), flips=False, rot90=False, scale=False)
-    if cfg == AugmentConfig.none():
+    cfg = AugmentConfig.from_dict(augment, "none")
+    if cell_fraction is None:
+        cfg = replace(cfg, flips=False, rot90=False, scale=False)
+    if cfg == AugmentConfig.none() or not len(inputs):
         return inputs[:0]
     import tensorflow as tf
 
-    fn = make_augment(cfg)
+    fn = make_augment(cfg, cell_fraction)
     out = [fn(tf.constant(inputs[i:i + batch].astype(np.float32)), tf.constant([seed, i])).numpy()
            for i in range(0, len(inputs), batch)]
     return np.clip(np.round(np.concatenate(out)), 0, 255).astype(np.uint8)
