@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,6 +35,28 @@ def test_reinhard_moves_a_tinted_crop_to_the_reference() -> None:
     np.testing.assert_allclose(mean, reference[:3], atol=1.5)
     np.testing.assert_allclose(std, reference[3:], rtol=0.1)
     assert np.abs(out.astype(int) - smear().astype(int)).mean() < np.abs(tinted.astype(int) - smear().astype(int)).mean() / 2
+
+
+def test_reinhard_is_the_textbook_per_channel_transfer_on_real_crops() -> None:
+    """`reinhard` does its affine step with cv2.transform for speed; on the committed PBC and BCCD
+    sample crops it must give what the plain formula gives, up to float rounding (one grey level)."""
+    samples = Path(__file__).resolve().parent.parent / "wbcedge" / "samples"
+    paths = sorted(samples.rglob("*.jpg"))
+    assert len(paths) >= 20
+    reference = (78.8421, 11.3642, 7.3558, 15.8569, 9.4992, 14.2452)
+    ref = np.asarray(reference, np.float32)
+    differing = total = 0
+    for path in paths:
+        crop = cv2.resize(cv2.imread(str(path)), (160, 160), interpolation=cv2.INTER_AREA)
+        lab = cv2.cvtColor(crop.astype(np.float32) / 255, cv2.COLOR_BGR2LAB)
+        mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
+        lab = (lab - mean) / std * ref[3:] + ref[:3]
+        lab[..., 0] = np.clip(lab[..., 0], 0, 100)
+        plain = np.round(np.clip(cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2BGR), 0, 1) * 255).astype(int)
+        diff = np.abs(reinhard(crop, reference).astype(int) - plain)
+        assert diff.max() <= 1, path
+        differing, total = differing + int((diff > 0).sum()), total + diff.size
+    assert differing / total < 0.01   # rounding: the statistics in float32 here, in double in OpenCV
 
 
 def test_an_image_normalised_to_its_own_reference_stays_nearly_the_same() -> None:
