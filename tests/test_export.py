@@ -157,7 +157,7 @@ def test_half_the_calibration_crops_are_shown_as_the_run_trained_on_them(default
     every other calibration crop goes through the run's own augmentation, then the spec's stain
     normalisation (the built-in run normalises after augmenting, as the device sees such a cell)."""
     from wbcedge.preprocess import load_inputs
-    from wbcedge.train.export import calibration_inputs
+    from wbcedge.train.export import calibration_crops
     from wbcedge.train.shift_reference import run_augmentation
 
     spec = PreprocessSpec.load(default_run)
@@ -170,12 +170,23 @@ def test_half_the_calibration_crops_are_shown_as_the_run_trained_on_them(default
     def changed(x):
         return [not np.array_equal(a, b) for a, b in zip(x, as_device)]
 
-    assert changed(calibration_inputs(records, spec, augment, 0.0, 0, True)) == [False] * len(records)
-    half = calibration_inputs(records, spec, augment, 0.5, 0, True)
+    assert changed(calibration_crops(records, spec, augment, 0.0, 0, True)) == [False] * len(records)
+    half = calibration_crops(records, spec, augment, 0.5, 0, True)
     assert half.shape == as_device.shape and half.dtype == np.uint8
     # odd positions augmented; the run keeps 15% of crops clean, so one may come back as it was
     assert changed(half)[0::2] == [False] * len(records[0::2]) and sum(changed(half)[1::2]) >= len(records[1::2]) - 1
     none = run_augmentation({"augment_preset": "none"})
-    assert changed(calibration_inputs(records, spec, none, 0.5, 0, True)) == [False] * len(records)
+    assert changed(calibration_crops(records, spec, none, 0.5, 0, True)) == [False] * len(records)
     with pytest.raises(ValueError, match="calib_augmented = 1.5"):
-        calibration_inputs(records, spec, augment, 1.5, 0, True)
+        calibration_crops(records, spec, augment, 1.5, 0, True)
+
+
+def test_a_calibration_share_outside_0_to_1_is_refused_before_any_model_loads(default_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from wbcedge.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(default_run), "--int8", "--calib-augmented", "1.5",
+                                   "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "--calib-augmented 1.5" in res.output and "from 0 to 1" in res.output
+    assert not (tmp_path / "b").exists()

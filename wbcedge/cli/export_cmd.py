@@ -54,6 +54,8 @@ def export_cmd(
     bad = set(opts.formats) - {"tflite", "onnx"}
     if bad or not opts.formats:
         fail(f"--format {','.join(opts.formats)!r}: choose from tflite, onnx (comma-separated)")
+    if not 0.0 <= opts.calib_augmented <= 1.0:
+        fail(f"--calib-augmented {opts.calib_augmented}: a share of the calibration images, from 0 to 1")
     if opts.activation_type not in ("uint8", "int8"):
         fail(f"--activation-type {opts.activation_type!r}: choose uint8 or int8")
     out = out or run.with_name(run.name + "-bundle")

@@ -106,10 +106,10 @@ def calibration_records(records: list[Record], n: int, seed: int) -> list[Record
     return chosen
 
 
-def calibration_inputs(records: list[Record], spec, augment: dict, share: float, seed: int,
-                       stain_after_augment: bool) -> np.ndarray:
-    """The calibration crops as model inputs; every other one (`share` of them, evenly spread) under the
-    run's training augmentation, normalised after it when the run trained so. A run trained without
+def calibration_crops(records: list[Record], spec, augment: dict, share: float, seed: int,
+                      stain_after_augment: bool) -> np.ndarray:
+    """The calibration crops as model inputs; `share` of them (0.5: every other one) under the run's
+    training augmentation, stain-normalised after it when the run trained so. A run trained without
     augmentation gets its crops as they are."""
     from dataclasses import replace
 
@@ -117,7 +117,7 @@ def calibration_inputs(records: list[Record], spec, augment: dict, share: float,
 
     if not 0.0 <= share <= 1.0:
         raise InputDataError(f"calib_augmented = {share}: a share of the calibration images, between 0 and 1")
-    late = stain_after_augment and spec.stain_reference is not None
+    late = share > 0 and stain_after_augment and spec.stain_reference is not None
     raw = load_inputs([r.path for r in records], replace(spec, stain_reference=None) if late else spec)
     i = np.arange(len(raw))
     pick = np.flatnonzero(np.floor((i + 1) * share) > np.floor(i * share))
@@ -174,8 +174,8 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
     run_config = json.loads((run_dir / "config.json").read_text())
     augment = run_augmentation(run_config)
     calibration = (opts.calibration_override if opts.calibration_override is not None
-                   else calibration_inputs(calib_recs, spec, augment, opts.calib_augmented, opts.seed,
-                                           run_config.get("stain_after_augment", False)))
+                   else calibration_crops(calib_recs, spec, augment, opts.calib_augmented, opts.seed,
+                                          run_config.get("stain_after_augment", False)))
     x_test, y_test = (opts.test_inputs_override if opts.test_inputs_override is not None
                       else labelled_inputs(test, spec))
     progress(f"float reference: {len(test)} test images, {len(calibration)} calibration images")
