@@ -25,8 +25,8 @@ from wbcedge.labels import CLASSES
 from wbcedge.quiet import quiet_fds
 from wbcedge.tomlfile import read_toml
 from wbcedge.device.shift import REFERENCE_FILE, save_reference
-from wbcedge.train.shift_reference import (augmented, build_reference, calibrate_file, feature_check, predict_two,
-                                           run_augmentation, threshold_summary)
+from wbcedge.train.shift_reference import (augmented, build_reference, calibrate_file, decoded_for_augmenting,
+                                           feature_check, predict_two, run_augmentation, threshold_summary)
 
 TFLITE_INT8 = "model_int8.tflite"
 EXPORT_LOG = "export.log"
@@ -111,21 +111,15 @@ def calibration_crops(records: list[Record], spec, augment: dict, share: float, 
     """The calibration crops as model inputs; `share` of them (0.5: every other one) under the run's
     training augmentation, stain-normalised after it when the run trained so. A run trained without
     augmentation gets its crops as they are."""
-    from dataclasses import replace
-
-    from wbcedge.preprocess import load_inputs, stain_normalise_inputs
-
     if not 0.0 <= share <= 1.0:
         raise InputDataError(f"calib_augmented = {share}: a share of the calibration images, between 0 and 1")
-    late = share > 0 and stain_after_augment and spec.stain_reference is not None
-    raw = load_inputs([r.path for r in records], replace(spec, stain_reference=None) if late else spec)
-    i = np.arange(len(raw))
+    crops, finish = decoded_for_augmenting([r.path for r in records], spec, share > 0 and stain_after_augment)
+    i = np.arange(len(crops))
     pick = np.flatnonzero(np.floor((i + 1) * share) > np.floor(i * share))
-    shifted = augmented(raw[pick], augment, seed, spec.cell_fraction)
+    shifted = augmented(crops[pick], augment, seed, spec.cell_fraction)
     if len(shifted):
-        raw = raw.copy()
-        raw[pick] = shifted
-    return stain_normalise_inputs(raw, spec) if late else raw
+        crops[pick] = shifted
+    return finish(crops)
 
 
 def list_hash(paths: list[str]) -> str:

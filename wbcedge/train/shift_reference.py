@@ -40,16 +40,25 @@ def sample_per_class(records: list, n: int, seed: int) -> list:
     return [records[i] for i in idx]
 
 
-def colour_augmented(inputs: np.ndarray, augment: dict | None, seed: int, batch: int = 256) -> np.ndarray:
-    """The training run's augmentation without its geometry (flips, rotations, scale) applied to each
-    crop once, as training did. `augment` is a full `AugmentConfig` dict (`run_augmentation`)."""
-    return augmented(inputs, augment, seed, batch=batch)
+def decoded_for_augmenting(paths: list, spec, stain_after_augment: bool):
+    """(crops, finish): the crops decoded as the run's augmentation met them in training, and what makes
+    model inputs of them, augmented or not: the spec's stain normalisation when the run normalised after
+    augmenting (`TrainConfig.stain_after_augment`), as the device normalises another microscope's
+    cell; nothing otherwise (then `crops` are already model inputs)."""
+    from dataclasses import replace
+
+    from wbcedge.preprocess import load_inputs, stain_normalise_inputs
+
+    if stain_after_augment and spec.stain_reference is not None:
+        return load_inputs(paths, replace(spec, stain_reference=None)), lambda x: stain_normalise_inputs(x, spec)
+    return load_inputs(paths, spec), lambda x: x
 
 
 def augmented(inputs: np.ndarray, augment: dict | None, seed: int, cell_fraction: float | None = None,
               batch: int = 256) -> np.ndarray:
-    """Each crop once under the run's augmentation: with its geometry (zoom, flips) when `cell_fraction`
-    (the spec's) is given, colour only otherwise. Empty when the run trained without augmentation."""
+    """Each crop once under the run's augmentation (`augment`: a full `AugmentConfig` dict,
+    `run_augmentation`), as training did: with its geometry (zoom, flips) when `cell_fraction` (the
+    spec's) is given, colour only otherwise. Empty when the run trained without augmentation."""
     from dataclasses import replace
 
     from wbcedge.train.augment import AugmentConfig, make_augment
@@ -89,9 +98,7 @@ def build_reference(model, records: list, spec, classes: list[str], max_train: i
     are at least MIN_VAL_IMAGES of them. `stain_after_augment`: the run shifted its crops first and
     normalised them after (`TrainConfig.stain_after_augment`), so the colour-augmented crops are made so too.
     """
-    from dataclasses import replace
-
-    from wbcedge.preprocess import load_inputs, stain_normalise_inputs
+    from wbcedge.preprocess import load_inputs
 
     train = sample_per_class([r for r in records if r.split == "train"], max_train, seed)
     val = [r for r in records if r.split == "val"]
@@ -106,15 +113,8 @@ def build_reference(model, records: list, spec, classes: list[str], max_train: i
              + (f" and {len(extra)} unlabelled cells" if len(extra) else "")
              + ("; temperature from the validation crops" if len(val) >= MIN_VAL_IMAGES else
                 f"; no temperature ({len(val)} labelled validation crops, need {MIN_VAL_IMAGES})"))
-    if stain_after_augment and spec.stain_reference is not None:
-        # decoded once, without the normalisation: normalised as they are (what to_model_input
-        # makes of them) and after the colour augmentation
-        raw = load_inputs([r.path for r in train], replace(spec, stain_reference=None))
-        x_train = stain_normalise_inputs(raw, spec)
-        x_aug = stain_normalise_inputs(colour_augmented(raw, augment, seed), spec)
-    else:
-        x_train = load_inputs([r.path for r in train], spec)
-        x_aug = colour_augmented(x_train, augment, seed)
+    crops, finish = decoded_for_augmenting([r.path for r in train], spec, stain_after_augment)
+    x_train, x_aug = finish(crops), finish(augmented(crops, augment, seed))
     y_train = class_indices(r.label for r in train)
     _, train_feats = predict_two(model, x_train)
     means, whiten = fit_reference(train_feats, y_train, len(classes))
