@@ -112,8 +112,9 @@ def index_folder(root: Path, class_map: dict[str, str] | None = None, workers: i
         names = ", ".join(f"'{n}'" for n in unknown)
         raise UnknownClassError(
             f"{root}: folder(s) {names} are not known white blood cell classes. Known classes: "
-            f"{', '.join(CLASSES)}. Map each with --map '{unknown[0]}=<class>' "
-            f"(or --map '{unknown[0]}=skip' to leave it out).")
+            f"{', '.join(CLASSES)}. Rename each to one of them, or index the folder with its own names mapped "
+            f"(`wbcedge data index {root} --map '{unknown[0]}=<class>' --out cells.csv`; '=skip' leaves a folder "
+            f"out) and give that manifest instead.")
     problems += [Problem(str(p), _link_problem(p) or "file outside the class folders", "skipped")
                  for p in entries if not p.is_dir()]
     problems += [Problem(str(p), "hidden folder", "skipped")
