@@ -16,7 +16,7 @@ from pathlib import Path
 
 from wbcedge.errors import InputDataError, InputFileMissingError
 from wbcedge.labels import CLASSES
-from wbcedge.preprocess import IMAGE_SUFFIXES  # noqa: F401  (re-exported: wbcedge.data.IMAGE_SUFFIXES)
+from wbcedge.preprocess import IMAGE_SUFFIXES  # also re-exported: wbcedge.data.IMAGE_SUFFIXES
 
 FIELDS = ("path", "label", "sha256", "width", "height", "split", "source")
 SPLITS = ("train", "val", "test")
@@ -146,9 +146,18 @@ def load_split(source: Path, split: str | None = None, seed: int = 0) -> list[Re
     from wbcedge.data.index import index_folder
 
     records = index_folder(source).records
+    if not records:
+        raise InputDataError(_no_images_message(source))
     for r in records:
         r.split = split or "test"
     return records
+
+
+def _no_images_message(root: Path) -> str:
+    """What to do about a class-folder tree whose class folders hold no image."""
+    folders = ", ".join(sorted(f"{d.name}/" for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    return (f"{root} holds no images in its class folders ({folders}): put the crops under {root}/<class>/, "
+            f"e.g. {root}/neutrophil/cell-001.jpg ({', '.join(sorted(IMAGE_SUFFIXES))})")
 
 
 def counts_by_split(records: list[Record]) -> dict[str, dict[str, int]]:
