@@ -3,9 +3,14 @@ a missing --compare model or --frames folder. Real sample crops and the built-in
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 from test_errors import assert_one_error, invoke
 
 from wbcedge.bundle import DEFAULT_BUNDLE
+from wbcedge.data import SAMPLES_DIR
 
 
 def test_class_folders_without_images_are_refused_with_what_to_do(tmp_path):
@@ -16,3 +21,26 @@ def test_class_folders_without_images_are_refused_with_what_to_do(tmp_path):
                             2, str(data), "holds no images", "eosinophil/, neutrophil/", f"{data}/<class>/")
     assert "y_true" not in line
     assert not (tmp_path / "r").exists()
+
+
+def test_an_unreadable_image_is_named_once_and_counted_in_the_summary(tmp_path):
+    data = tmp_path / "crops"
+    shutil.copytree(SAMPLES_DIR, data)
+    n_images = sum(1 for p in data.rglob("*.jpg"))
+    (data / "monocyte" / "broken.jpg").write_text("not an image")
+    res = invoke("evaluate", str(DEFAULT_BUNDLE), "--data", str(data), "--out", str(tmp_path / "r"),
+                 "--json", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", " ")
+    assert res.output.count("broken.jpg") == 1 and "warning: 1 image file(s) could not be used" in text
+    assert f"({n_images} images, 1 unreadable skipped)" in text
+    skipped = json.loads((tmp_path / "r.json").read_text())["skipped_files"]
+    assert [Path(s["path"]).relative_to(data) for s in skipped] == [Path("monocyte/broken.jpg")]
+
+
+def test_a_tree_of_only_unreadable_images_is_refused_naming_one(tmp_path):
+    data = tmp_path / "crops"
+    (data / "monocyte").mkdir(parents=True)
+    (data / "monocyte" / "broken.jpg").write_text("not an image")
+    assert_one_error(invoke("evaluate", str(DEFAULT_BUNDLE), "--data", str(data)), 2,
+                     "holds no readable images", "broken.jpg", "replace them")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from wbcedge.cli import app
-from wbcedge.cli.common import JSON_OPTION, console, examples, fail, write_json
+from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, fail, write_json
 
 
 @app.command("evaluate", rich_help_panel="On the training box", epilog=examples(
@@ -32,17 +32,20 @@ def evaluate_cmd(
         return _evaluate_frames(frames, model, json_path)
     if model is None or data is None:
         fail("give MODEL and --data (a manifest or a class-folder tree), or --frames DIR for the locator")
-    from wbcedge.data import load_split
+    from wbcedge.data import load_labelled
     from wbcedge.evaluation import metrics
     from wbcedge.evaluation.evaluate import predict_records, predict_records_report
     from wbcedge.train.run_folder import open_model
 
-    records = load_split(data, split if data.is_file() else None)
+    loaded = load_labelled(data, split if data.is_file() else None)
+    records, skipped = loaded.records, loaded.unreadable
+    _warn_skipped(skipped)
     predictor = open_model(model, backend, precision)
     y_true, probs, crops = predict_records_report(predictor, records)
     results = metrics.classification_results(y_true, probs, predictor.classes)
     results["model"], results["data"], results["split"] = str(model), str(data), split
     results["crops"] = crops
+    results["skipped_files"] = [{"path": p.path, "why": p.what} for p in skipped]
     median = "-" if crops["median_fraction"] is None else f"{crops['median_fraction']:.2f}"
     console.print(f"crops: located cell / crop side median {median} over {crops['measured']} crops "
                   f"(trained: {predictor.spec.cell_fraction}); "
@@ -51,7 +54,8 @@ def evaluate_cmd(
                   + (": " + ", ".join(Path(p).name for p in crops["no_cell"][:10])
                      + (" ..." if len(crops["no_cell"]) > 10 else "") if crops["no_cell"] else ""),
                   markup=False, highlight=False)
-    console.print(metrics.format_table(results, title=f"{model.name} on {data.name} ({len(records)} images)"))
+    console.print(metrics.format_table(results, title=f"{model.name} on {data.name} ({len(records)} images"
+                                            + (f", {len(skipped)} unreadable skipped)" if skipped else ")")))
     if compare is not None:
         other = open_model(compare, backend, precision)
         _, probs_b = predict_records(other, records)
@@ -74,6 +78,16 @@ def evaluate_cmd(
     console.print(ece + f" (reliability diagram: {paths['reliability']})", markup=False, highlight=False)
     console.print(f"report: {paths['markdown']}  (JSON, confusion, ROC" + (", curves" if "curves" in paths else "") + " beside it)")
     write_json(json_path, results)
+
+
+def _warn_skipped(skipped: list, shown: int = 5) -> None:
+    """One warning line for the image files the class-folder index could not use, naming the first few."""
+    if not skipped:
+        return
+    names = "; ".join(f"{p.path} ({p.what})" for p in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    err_console.print(f"warning: {len(skipped)} image file(s) could not be used and are left out of the "
+                      f"evaluation: {names}{more}", markup=False, highlight=False)
 
 
 def _bundle_calibrated(model: Path, probs):

@@ -32,6 +32,7 @@ from wbcedge.data.manifest import (
                                   Problem,
                                   Record,
                                   counts_by_split,
+                                  load_labelled,
                                   load_split,
                                   read_manifest,
                                   write_manifest,

@@ -59,6 +59,12 @@ class IndexResult:
     records: list[Record]
     problems: list[Problem] = field(default_factory=list)
 
+    @property
+    def unreadable(self) -> list[Problem]:
+        """Image files that were skipped: corrupt, truncated, too small or large, a bad link or name (hidden files aside)."""
+        return [p for p in self.problems if p.action.startswith("skipped") and p.what != "hidden file"
+                and Path(p.path).suffix.lower() in IMAGE_SUFFIXES]
+
 
 # ---------------------------------------------------------------- manifest files
 
@@ -135,6 +141,11 @@ def _relative(p: str, base: Path) -> str:
 
 def load_split(source: Path, split: str | None = None, seed: int = 0) -> list[Record]:
     """Records of a manifest file, or of a class-folder tree (indexed on the fly, all in `split`)."""
+    return load_labelled(source, split).records
+
+
+def load_labelled(source: Path, split: str | None = None) -> IndexResult:
+    """`load_split` with the files a class-folder tree's index skipped (`IndexResult.unreadable`); none for a manifest."""
     source = Path(source)
     if source.is_file():
         records = read_manifest(source)
@@ -142,20 +153,23 @@ def load_split(source: Path, split: str | None = None, seed: int = 0) -> list[Re
             records = [r for r in records if r.split == split]
             if not records:
                 raise InputDataError(f"{source} has no rows in split '{split}': run `wbcedge data split` first")
-        return records
+        return IndexResult(records)
     from wbcedge.data.index import index_folder
 
-    records = index_folder(source).records
-    if not records:
-        raise InputDataError(_no_images_message(source))
-    for r in records:
+    result = index_folder(source)
+    if not result.records:
+        raise InputDataError(_no_images_message(source, result.unreadable))
+    for r in result.records:
         r.split = split or "test"
-    return records
+    return result
 
 
-def _no_images_message(root: Path) -> str:
-    """What to do about a class-folder tree whose class folders hold no image."""
+def _no_images_message(root: Path, unreadable: list[Problem]) -> str:
+    """What to do about a class-folder tree whose class folders hold no usable image."""
     folders = ", ".join(sorted(f"{d.name}/" for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if unreadable:
+        return (f"{root} holds no readable images in its class folders ({folders}): {len(unreadable)} image file(s) "
+                f"could not be used, e.g. {unreadable[0].path} ({unreadable[0].what}); replace them with readable crops")
     return (f"{root} holds no images in its class folders ({folders}): put the crops under {root}/<class>/, "
             f"e.g. {root}/neutrophil/cell-001.jpg ({', '.join(sorted(IMAGE_SUFFIXES))})")
 
