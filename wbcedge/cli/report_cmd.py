@@ -1,7 +1,9 @@
 """`wbcedge report SESSION_DIR`: write the differential, CSV, JSON and HTML again from a session's database.
 
 For a session that was killed, lost power, or whose report files were deleted: the
-cells committed to `cells.db` are all that is needed.
+cells committed to `cells.db` are all that is needed. The files are written by the same
+function as `wbcedge run` and the review sign-off (`device.report.write_session_outputs`),
+so the domain-shift result and a signed-off review come back too.
 """
 
 from __future__ import annotations
@@ -45,12 +47,17 @@ def report_cmd(
         skipped = read_skipped(session_dir)
     except sqlite3.DatabaseError as exc:
         raise OutputFolderError(f"{session_dir / DB_FILE} cannot be read ({exc}); the session database is damaged") from None
-    diff = json.loads(paths["json"].read_text(encoding="utf-8"))["differential"]
+    doc = json.loads(paths["json"].read_text(encoding="utf-8"))
+    diff = doc["differential"]
     console.print(format_differential(diff))
+    signoff = (doc.get("review") or {}).get("signoff")
+    if signoff:
+        console.print(f"reviewed labels, signed off by {signoff['reviewer']} at {signoff.get('time_text', '')}",
+                      markup=False, highlight=False)
     if skipped:
         console.print(display_name(skipped_line(skipped)), markup=False, highlight=False)
     state = "finished" if "finished_at" in meta else "interrupted"
     console.print(f"{state} session; rebuilt {paths['json']}, {paths['csv']} and {paths['html']}",
                   markup=False, highlight=False)
-    write_json(json_path, {"session_dir": str(session_dir), "differential": diff,
+    write_json(json_path, {"session_dir": str(session_dir), "differential": diff, "review": doc.get("review"),
                            "paths": {k: str(v) for k, v in paths.items()}})

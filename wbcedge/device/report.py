@@ -14,8 +14,9 @@ Files are written to a temporary name and renamed, so a crash never leaves half 
 Frames the run skipped are summed up in one line ("3 frames skipped: ..."), in the
 HTML page and in the JSON. CSV cells that a spreadsheet would run as a formula
 (starting with =, +, -, @, tab or carriage return) are prefixed with a quote.
-`rebuild_outputs(run_dir)` writes all three again from the database alone, e.g. after
-a session was killed (`wbcedge report SESSION_DIR`).
+`write_session_outputs(run_dir)` writes all three from the session database alone: `wbcedge run`
+at the end of a session, the review station at sign-off, and `wbcedge report SESSION_DIR`
+(`rebuild_outputs`, e.g. after a session was killed) all call it, so they write the same files.
 """
 
 from __future__ import annotations
@@ -117,28 +118,61 @@ def skipped_line(skipped: list[SkippedRow], examples: int = 3) -> str:
     return f"{n} frame{'s' * (n != 1)} skipped: {shown}{more}"
 
 
-def rebuild_outputs(run_dir: Path | str, reference: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """differential.json/.csv and report.html again, from the session database alone (an interrupted session too)."""
-    from wbcedge.device.differential import ADULT_REFERENCE, differential, load_reference, withhold_flags
-    from wbcedge.device.pipeline import UNIDENTIFIED
-    from wbcedge.labels import CLASSES
+def write_session_outputs(run_dir: Path | str, reference: Mapping[str, Any] | None = None,
+                          rebuilt: bool = False) -> dict[str, Path]:
+    """differential.json/.csv and report.html of a session from its database: the one writer that
+    `wbcedge run`, the review sign-off and `wbcedge report` share, so the files never depend on who wrote them.
+
+    Everything comes from cells.db: the run facts (meta), the domain-shift result (meta
+    `domain_shift`) and, once the session is signed off, the review (its reviewed differential,
+    the model's and their agreement). `reference` defaults to the session's own ranges, else adult.
+    `rebuilt` marks the files as written again later (`wbcedge report`).
+    """
+    from wbcedge.device.review.store import signed_off_review
 
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
-    cells = read_cells(run_dir)
-    classes = meta.get("classes") or list(CLASSES)
-    classes = list(classes) + sorted({c.label for c in cells} - set(classes) - {UNIDENTIFIED})
-    if reference is None:
-        ref_path = meta.get("reference")
-        reference = load_reference(ref_path) if ref_path and Path(ref_path).is_file() else ADULT_REFERENCE
-    diff = differential([c.label for c in cells], classes, reference=reference)
-    if (meta.get("domain_shift") or {}).get("alarm"):
-        diff = withhold_flags(diff)
-    if "finished_at" not in meta:
-        meta.setdefault("stop_reason", "interrupted (no finished_at): rebuilt from the database")
-    meta["rebuilt_from_database"] = True
+    domain_shift = meta.pop("domain_shift", None)
+    reference = reference if reference is not None else session_reference(meta)
+    diff = model_differential(run_dir, meta, reference, domain_shift)
+    if rebuilt:
+        if "finished_at" not in meta:
+            meta.setdefault("stop_reason", "interrupted (no finished_at): rebuilt from the database")
+        meta["rebuilt_from_database"] = True
     meta["frames"] = meta.get("frames") or len(read_frames(run_dir))
-    return write_outputs(run_dir, diff, meta)
+    review = signed_off_review(run_dir, reference)
+    if review is None:
+        return write_outputs(run_dir, diff, meta, domain_shift=domain_shift)
+    reviewed_diff, review_block, reviewed_labels = review
+    return write_outputs(run_dir, reviewed_diff, meta, review=review_block, reviewed_labels=reviewed_labels,
+                         domain_shift=domain_shift)
+
+
+def rebuild_outputs(run_dir: Path | str, reference: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """differential.json/.csv and report.html again, from the session database alone (an interrupted session too)."""
+    return write_session_outputs(run_dir, reference, rebuilt=True)
+
+
+def session_reference(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The reference ranges the session was counted with (meta `reference`), else adult ranges."""
+    from wbcedge.device.differential import ADULT_REFERENCE, load_reference
+
+    ref_path = meta.get("reference")
+    return load_reference(ref_path) if ref_path and Path(ref_path).is_file() else ADULT_REFERENCE
+
+
+def model_differential(run_dir: Path, meta: Mapping[str, Any], reference: Mapping[str, Any],
+                       domain_shift: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The differential of the model's labels in cells.db; flags withheld when the domain-shift alarm fired."""
+    from wbcedge.device.differential import differential, withhold_flags
+    from wbcedge.device.pipeline import UNIDENTIFIED
+    from wbcedge.labels import CLASSES
+
+    labels = [c.label for c in read_cells(run_dir)]
+    classes = list(meta.get("classes") or CLASSES)
+    classes += sorted(set(labels) - set(classes) - {UNIDENTIFIED})
+    diff = differential(labels, classes, reference=reference)
+    return withhold_flags(diff) if (domain_shift or {}).get("alarm") else diff
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

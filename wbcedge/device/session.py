@@ -15,6 +15,7 @@ session with every cell recorded so far kept and reported (`result.error`).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -111,10 +112,10 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
     """Run one counting session; everything that can be wrong is checked before the first frame."""
     from wbcedge.bundle import BundleError, load_bundle
     from wbcedge.device.capture import CameraProfile, open_source
-    from wbcedge.device.differential import ADULT_REFERENCE, differential, load_reference, withhold_flags
+    from wbcedge.device.differential import ADULT_REFERENCE, load_reference
     from wbcedge.device.pipeline import CellPipeline, StopFlag, run_session
     from wbcedge.device.records import OutputError, Recorder, read_cells, read_skipped
-    from wbcedge.device.report import skipped_line, write_outputs
+    from wbcedge.device.report import skipped_line, write_session_outputs
     from wbcedge.device.shift import SHIFT_OFF
     from wbcedge.device.track import CellTracker
 
@@ -191,7 +192,6 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
         stop_reason = "output error"
     else:
         labels, stop_reason, error = result.labels, result.stop_reason, result.error
-    diff = differential(labels, bundle.classes, reference=reference)
     meta.update(stop_reason=stop_reason, error=error, um_per_px=pipeline.um_per_px,
                 scale_source=pipeline.scale_source or "not measured: no frame showed red cells that fit its "
                 "white cells, so each frame was sized on its own (give a camera profile with um_per_px)",
@@ -202,16 +202,15 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
                 timing=result.timing if result else None)
     domain_shift = (monitor.state() if monitor is not None
                     else {"score": None, "threshold": None, "alarm": None, "cells": len(labels), "note": SHIFT_OFF})
-    if domain_shift.get("alarm"):
-        diff = withhold_flags(diff)
     meta.update(temperature=pipeline.temperature)
-    recorder.set_meta("stop_reason", stop_reason)
-    recorder.set_meta("domain_shift", domain_shift)
+    for k, v in {**meta, "domain_shift": domain_shift}.items():  # all a later report needs is in cells.db
+        recorder.set_meta(k, v)
     recorder.close(finished=error is None)
     skipped = read_skipped(out)
     if skipped:
         meta.update(skipped_frames=len(skipped), skipped_summary=skipped_line(skipped))
-    paths = write_outputs(out, diff, meta, domain_shift=domain_shift)
+    paths = write_session_outputs(out, reference=reference)
+    diff = json.loads(paths["json"].read_text(encoding="utf-8"))["differential"]
     return CountResult(session_dir=out, differential=diff, meta=meta, labels=labels, paths=paths,
                        frames_seen=result.frames_seen if result else None,
                        frames_blurred=result.frames_blurred if result else None,

@@ -87,13 +87,13 @@ def _label_order(label: str) -> int:
 class ReviewStore:
     """Reads a session's cells and appends reviews; one short SQLite connection per call (thread-safe)."""
 
-    def __init__(self, session_dir: Path | str):
+    def __init__(self, session_dir: Path | str, reference: dict[str, Any] | None = None):
         self.session_dir = Path(session_dir)
         self.db_path = self.session_dir / DB_FILE
         self._local = threading.local()
         self._static_cache: list[tuple] | None = None
         self._by_id: tuple[list[int], list[str]] | None = None
-        self._reference: dict | None = None
+        self._reference: dict | None = dict(reference) if reference is not None else None
         self._model_diff: tuple[int, dict] | None = None
         if not self.session_dir.is_dir():
             raise NotASessionError(f"{self.session_dir} is not a folder: give a session folder that `wbcedge run` "
@@ -296,28 +296,37 @@ class ReviewStore:
 
     def write_report(self) -> dict[str, Path]:
         """Rewrite differential.json/.csv and report.html with the reviewed and the model's differential."""
-        from wbcedge.device.report import write_outputs
+        from wbcedge.device.report import write_session_outputs
 
+        return write_session_outputs(self.session_dir, reference=self.reference())
+
+    def report_parts(self) -> tuple[dict[str, Any], dict[str, Any], dict[int, str]]:
+        """What a signed-off report adds: (reviewed differential, the "review" block, cell id -> reviewed label)."""
         summary = self.summary()
-        try:
-            old = json.loads((self.session_dir / "differential.json").read_text(encoding="utf-8"))
-            meta = old.get("meta") or self.meta()
-        except (OSError, ValueError):
-            old, meta = {}, self.meta()
         review = {"signoff": summary["signoff"], "reviewed_cells": summary["reviewed_cells"],
                   "total_cells": summary["total_cells"], "artefacts": summary["artefacts"],
                   "agreement": summary["agreement"], "model_differential": summary["model_differential"]}
         ids, _, reviewed = self.labels()
         final = {cid: r for cid, r in zip(ids, reviewed) if r is not None}
-        extra = {k: v for k, v in old.items() if k not in ("meta", "differential", "review")}
-        return write_outputs(self.session_dir, summary["differential"], meta, review=review,
-                             reviewed_labels=final, extra=extra)
+        return summary["differential"], review, final
 
     def _refuse_if_signed(self, db: sqlite3.Connection) -> None:
         row = db.execute("SELECT reviewer, time FROM signoff WHERE id = 1").fetchone()
         if row is not None:
             raise SignedOffError(f"this session was signed off by {row[0]} at {_iso(row[1])}: its labels are "
                                  f"frozen. Count a new session to review again.")
+
+
+def signed_off_review(session_dir: Path | str, reference: Any) -> tuple[dict, dict, dict[int, str]] | None:
+    """`ReviewStore.report_parts` of a signed-off session (labels counted against `reference`), else None."""
+    db_path = Path(session_dir) / DB_FILE
+    db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        has_table = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='signoff'").fetchone()
+        signed = has_table and db.execute("SELECT 1 FROM signoff WHERE id = 1").fetchone()
+    finally:
+        db.close()
+    return ReviewStore(session_dir, reference=reference).report_parts() if signed else None
 
 
 def check_label(label: Any) -> str:
