@@ -44,3 +44,11 @@ def test_a_tree_of_only_unreadable_images_is_refused_naming_one(tmp_path):
     (data / "monocyte" / "broken.jpg").write_text("not an image")
     assert_one_error(invoke("evaluate", str(DEFAULT_BUNDLE), "--data", str(data)), 2,
                      "holds no readable images", "broken.jpg", "replace them")
+
+
+def test_a_missing_compare_model_is_refused_before_any_crop_is_scored(tmp_path):
+    res = invoke("evaluate", str(DEFAULT_BUNDLE), "--data", str(SAMPLES_DIR), "--compare", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "r"))
+    assert_one_error(res, 4, str(tmp_path / "nope"), "no such bundle")
+    assert "accuracy" not in res.output and "crops:" not in res.output
+    assert not (tmp_path / "r").exists()

@@ -37,10 +37,12 @@ def evaluate_cmd(
     from wbcedge.evaluation.evaluate import predict_records, predict_records_report
     from wbcedge.train.run_folder import open_model
 
+    # Both models open first: a mistyped --compare fails in a second, not after indexing and scoring every crop.
+    predictor = open_model(model, backend, precision)
+    other = None if compare is None else open_model(compare, backend, precision)
     loaded = load_labelled(data, split if data.is_file() else None)
     records, skipped = loaded.records, loaded.unreadable
     _warn_skipped(skipped)
-    predictor = open_model(model, backend, precision)
     y_true, probs, crops = predict_records_report(predictor, records)
     results = metrics.classification_results(y_true, probs, predictor.classes)
     results["model"], results["data"], results["split"] = str(model), str(data), split
@@ -56,8 +58,7 @@ def evaluate_cmd(
                   markup=False, highlight=False)
     console.print(metrics.format_table(results, title=f"{model.name} on {data.name} ({len(records)} images"
                                             + (f", {len(skipped)} unreadable skipped)" if skipped else ")")))
-    if compare is not None:
-        other = open_model(compare, backend, precision)
+    if other is not None:
         _, probs_b = predict_records(other, records)
         results_b = metrics.classification_results(y_true, probs_b, other.classes)
         test = metrics.mcnemar(y_true, probs, probs_b, names=(str(model), str(compare)))
