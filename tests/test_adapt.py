@@ -99,6 +99,32 @@ def test_refuses_a_bad_holdout(tmp_path):
         plan_site(_cells(tmp_path / "site", {"lymphocyte": 30}), holdout=1.5)
 
 
+def test_the_gate_takes_the_adapt_configs_floors_and_its_refusal_names_only_what_adapt_has(tmp_path):
+    """The export's own advice (--force, an export config) names options `adapt` does not have:
+    a lab that accepts a weaker model lowers the floors in its adapt config instead."""
+    from wbcedge.train.adapt import AdaptConfig, Parent, gate_options, gate_refusal
+    from wbcedge.train.export import ExportOptions
+
+    plan = plan_site(_cells(tmp_path / "site", {"lymphocyte": 40, "neutrophil": 40}), holdout=0.3)
+    parent = Parent(run_dir=tmp_path, bundle=None, bundle_sha256=None, threshold=0.6)
+    x = np.zeros((4, 8, 8, 3), np.uint8)
+    given = AdaptConfig.load(_toml(tmp_path / "floors.toml", "min_accuracy = 60.0\nmin_class_recall = 30.0\n"))
+    opts = gate_options(tmp_path / "run", plan, parent, given, x, (x, np.zeros(4, int)), x)
+    assert (opts.min_accuracy, opts.min_class_recall) == (60.0, 30.0)
+    default = gate_options(tmp_path / "run", plan, parent, AdaptConfig(), x, (x, np.zeros(4, int)), x)
+    assert (default.min_accuracy, default.min_class_recall) == (ExportOptions().min_accuracy,
+                                                               ExportOptions().min_class_recall)
+    assert default.max_drop == pytest.approx(100.0 / len(plan.test), abs=1e-5)   # one held-out cell
+    refusal = gate_refusal(["model_int8.tflite: accuracy 70.00% is 10.00 points below the floor"], 24)
+    assert "24 held-out" in refusal and "70.00%" in refusal and "min_accuracy" in refusal
+    assert "--force" not in refusal and "export config" not in refusal
+
+
+def _toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 # ---------------------------------------------------------------- a real adaptation
 
 def _shifted_site(root: Path) -> tuple[Path, Path]:

@@ -69,6 +69,10 @@ class AdaptConfig:
     threshold: float | None = None    # unidentified below this confidence (default: the parent bundle's)
     max_drop: float = 1.0             # export gate budget (widened to one held-out cell when that is more)
     max_class_drop: float = 3.0
+    # The export's absolute floors (None: export/default.toml's, 80% accuracy and 50% recall per
+    # class). Lowering them is how a lab accepts a weaker model knowingly; the report keeps the values.
+    min_accuracy: float | None = None
+    min_class_recall: float | None = None
     formats: tuple[str, ...] = ("tflite", "onnx")
     forgetting: bool = True           # score the parent's own test set (when its images are here)
     curve: bool = False               # learning curve (costs one fine-tuning per point)
@@ -308,7 +312,8 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     if cfg.curve:
         curve = learning_curve(predictor, state, plan, spec, (x_test, y_test), (x_rep, y_rep), cfg, progress)
 
-    progress("step 3/4: export int8 TFLite + ONNX through the accuracy gate on the held-out site cells")
+    formats = " + ".join({"tflite": "TFLite", "onnx": "ONNX"}.get(f, f) for f in cfg.formats)
+    progress(f"step 3/4: export int8 {formats} through the accuracy gate on the held-out site cells")
     _write_run(run_out, parent, model, spec, plan, cfg, history)
     export_report, gate_error = _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progress,
                                         (x_test, y_test))
@@ -316,7 +321,8 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     from wbcedge.device.runtime import Classifier
     stages["adapted_int8"] = Classifier(out / bundle.manifest["default_model"]).predict_many(x_test)
 
-    progress("step 4/4: forgetting on the parent's own test set, report and bundle manifest")
+    progress("step 4/4: " + ("forgetting on the parent's own test set, " if cfg.forgetting else "")
+             + "report and bundle manifest")
     forgetting = (_forgetting(parent.run_dir, predictor, out / bundle.manifest["default_model"], progress)
                   if cfg.forgetting else None)
     results = held_out_results(y_test, stages, list(bundle.classes))
@@ -343,7 +349,7 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
                              "site cells: the bundle is marked NOT deployable. Label more cells (see the learning "
                              "curve, --curve) or check that the labels and crops are right")
     elif gate_error is not None:
-        report["refusal"] = str(gate_error)
+        report["refusal"] = gate_refusal(export_report["failures"], len(y_test))
     report["next_steps"] = next_steps(report)
     write_adapt_report(out, report)
     _finish_manifest(out, report, deployable)
@@ -462,19 +468,40 @@ def _export(run_out, out, plan, parent, cfg, x_fit, x_val, x_unl, x_rep, progres
     views, topped up with replayed parent cells. The gate's budget is widened to one held-out cell where that is more than the
     default budget (one cell of six is 17 points, which no quantization can promise).
     """
-    from wbcedge.train.export import ExportOptions, GateFailed, export
+    from wbcedge.train.export import GateFailed, export
 
     calibration = calibration_inputs(np.concatenate([x_unl, x_fit, x_val]), x_rep, cfg.calib)
-    supports = [v["held_out"] for v in plan.counts().values() if v["held_out"]]
-    opts = ExportOptions(int8=True, formats=tuple(cfg.formats), data=str(run_out / "site.csv"), seed=cfg.seed, calibration_override=calibration,
-                         test_inputs_override=test_inputs, unlabelled_val_inputs=x_unl,
-                         threshold=cfg.threshold if cfg.threshold is not None else parent.threshold,
-                         max_drop=max(cfg.max_drop, 100.0 / len(plan.test) + 1e-6),
-                         max_class_drop=max(cfg.max_class_drop, 100.0 / min(supports) + 1e-6))
+    opts = gate_options(run_out, plan, parent, cfg, calibration, test_inputs, x_unl)
     try:
         return export(run_out, out, opts, progress=lambda m: progress("  " + m)), None
     except GateFailed as e:
         return e.report, e
+
+
+def gate_options(run_out: Path, plan: SitePlan, parent: Parent, cfg: AdaptConfig, calibration: np.ndarray,
+                 test_inputs: tuple[np.ndarray, np.ndarray], x_unl: np.ndarray):
+    """The export gate's options for an adapted run: the site's cells as its test set and calibration,
+    the budget widened to one held-out cell, the floors of `cfg` where it sets them (else the export's)."""
+    from wbcedge.train.export import ExportOptions
+
+    supports = [v["held_out"] for v in plan.counts().values() if v["held_out"]]
+    floors = {k: getattr(cfg, k) for k in ("min_accuracy", "min_class_recall") if getattr(cfg, k) is not None}
+    return ExportOptions(int8=True, formats=tuple(cfg.formats), data=str(run_out / "site.csv"), seed=cfg.seed,
+                         calibration_override=calibration, test_inputs_override=test_inputs,
+                         unlabelled_val_inputs=x_unl,
+                         threshold=cfg.threshold if cfg.threshold is not None else parent.threshold,
+                         max_drop=max(cfg.max_drop, 100.0 / len(plan.test) + 1e-6),
+                         max_class_drop=max(cfg.max_class_drop, 100.0 / min(supports) + 1e-6), **floors)
+
+
+def gate_refusal(failures: list[str], held_out: int) -> str:
+    """Why the export gate refused an adapted model, and what a lab can do about it with `adapt`
+    (the export's own advice names `wbcedge export` options that `adapt` does not have)."""
+    return (f"the export gate refused the adapted model on the {held_out} held-out site cells, so the bundle is "
+            "marked NOT deployable:\n  " + "\n  ".join(failures) + "\nLabel more cells of the classes that miss "
+            "(see the next steps; --curve shows whether more labels still help). To accept a model under the "
+            "floors knowingly, set lower min_accuracy / min_class_recall in an adapt config (--config) and run "
+            "again: the bundle records them.")
 
 
 def calibration_inputs(site: np.ndarray, replay: np.ndarray, n: int) -> np.ndarray:
