@@ -52,3 +52,11 @@ def test_a_missing_compare_model_is_refused_before_any_crop_is_scored(tmp_path):
     assert_one_error(res, 4, str(tmp_path / "nope"), "no such bundle")
     assert "accuracy" not in res.output and "crops:" not in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_frames_folder_that_does_not_exist_is_named_as_missing(tmp_path):
+    line = assert_one_error(invoke("evaluate", "--frames", str(tmp_path / "nope")), 2, str(tmp_path / "nope"),
+                            "no such folder")
+    assert "no annotations found" not in line
+    (tmp_path / "a-file").write_text("x")
+    assert_one_error(invoke("evaluate", "--frames", str(tmp_path / "a-file")), 2, "not a folder")

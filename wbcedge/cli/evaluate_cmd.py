@@ -8,6 +8,7 @@ import typer
 
 from wbcedge.cli import app
 from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, fail, write_json
+from wbcedge.errors import InputFileMissingError
 
 
 @app.command("evaluate", rich_help_panel="On the training box", epilog=examples(
@@ -108,6 +109,10 @@ def _evaluate_frames(frames: Path, model: Path | None, json_path: Path | None) -
     from wbcedge.evaluation.locate_eval import evaluate_localization
 
     frames = Path(frames)
+    if not frames.is_dir():
+        raise InputFileMissingError(f"--frames {frames}: " + ("not a folder" if frames.exists() else "no such folder")
+                                    + "; give the folder of annotated frames (VOC JPEGImages/ + Annotations/, "
+                                    "or YOLO images/ + labels/)")
     # VOC (JPEGImages/ + Annotations/), Ultralytics YOLO (images/ + labels/), or frames with an
     # annotations/ or labels/ folder, or with their .xml/.txt files beside them.
     layouts = [("JPEGImages", "Annotations"), ("images", "labels"), (".", "Annotations"), (".", "annotations"),
