@@ -62,8 +62,10 @@ def run_cmd(
     for notice in notices:
         console.print(Panel(Text(notice), style="bold yellow", expand=False))
     console.print(format_differential(result.differential))
-    if result.meta.get("skipped_summary"):
-        err_console.print(f"warning: {result.meta['skipped_summary']}", markup=False, highlight=False)
+    if result.frames_skipped:  # each was warned about as it was skipped: here only how many, and where the list is
+        n = result.frames_skipped
+        err_console.print(f"warning: {n} frame{'s' * (n != 1)} skipped: named above, and listed in "
+                          f"{result.paths['html']}", markup=False, highlight=False)
     if result.timing:
         fps = result.timing.get("fps_end_to_end") or 0
         console.print(f"{result.frames_seen} frames ({result.frames_blurred} blurred), {fps:.1f} frames/s; "

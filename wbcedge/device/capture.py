@@ -288,9 +288,10 @@ class FrameSource:
 
     def _report(self, message: str) -> None:
         self.problems.append(message)
-        log.warning(message)
         if self._on_problem is not None:
-            self._on_problem(message)
+            self._on_problem(message)  # the listener tells the user: logging it too would say it twice
+        else:
+            log.warning(message)
 
     def _frame(self, image: np.ndarray, timestamp: float, name: str) -> Frame:
         frame = Frame(self._next_index, image, timestamp, name)

@@ -27,7 +27,7 @@ from wbcedge.device.locate import CellBox, LocatorConfig, estimate_um_per_px, lo
 from wbcedge.device.recrop import rescale_crop, single_cell_input
 from wbcedge.device.runtime import Classifier
 from wbcedge.device.shift import ShiftMonitor, ShiftReference
-from wbcedge.imagefile import error_line
+from wbcedge.imagefile import display_name, error_line
 from wbcedge.preprocess import crop_around_cell, to_model_input
 
 UNIDENTIFIED = "unidentified"
@@ -204,7 +204,8 @@ def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, 
     failed on its pixels) is recorded as a skipped frame with its reason, and the run
     goes on. On a stream, consecutive frames whose motion cannot be measured (no
     overlap) are recorded as `no-overlap` warnings; `on_warning` hears the first of each
-    series.
+    series, and each frame that could not be analysed (the source's own skips reach the
+    user through the source's `on_problem`).
     """
     stop = StopFlag() if stop is None else stop
     timer = pipeline.timer
@@ -246,7 +247,10 @@ def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, 
         try:
             cells = [] if is_blurred else pipeline.analyse(frame.image)
         except (ValueError, cv2.error) as exc:  # pixels the locator or the model cannot take: skip the frame
-            recorder.add_skipped(frame.name, f"could not be analysed ({error_line(exc)})")
+            why = f"could not be analysed ({error_line(exc)})"
+            recorder.add_skipped(frame.name, why)
+            if on_warning:
+                on_warning(f"skipped {display_name(frame.name)}: {why}")
             skipped += 1
             seen -= 1  # counted as skipped, not as seen
             continue

@@ -111,7 +111,7 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
                 on_warning: Callable[[str], None] = lambda m: None) -> CountResult:
     """Run one counting session; everything that can be wrong is checked before the first frame."""
     from wbcedge.bundle import BundleError, load_bundle
-    from wbcedge.device.capture import CameraProfile, open_source
+    from wbcedge.device.capture import CameraProfile, SourceError, open_source
     from wbcedge.device.differential import ADULT_REFERENCE, load_reference
     from wbcedge.device.pipeline import CellPipeline, StopFlag, run_session
     from wbcedge.device.records import OutputError, Recorder, read_cells, read_skipped
@@ -192,6 +192,11 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
         stop_reason = "output error"
     else:
         labels, stop_reason, error = result.labels, result.stop_reason, result.error
+    if result is not None and result.frames_seen == 0 and stop_reason == "source ended" and not src.live:
+        recorder.close(finished=False)
+        if server is not None:
+            server.stop()
+        raise SourceError(no_readable_image(str(meta["source"]), result.frames_skipped))
     meta.update(stop_reason=stop_reason, error=error, um_per_px=pipeline.um_per_px,
                 scale_source=pipeline.scale_source or "not measured: no frame showed red cells that fit its "
                 "white cells, so each frame was sized on its own (give a camera profile with um_per_px)",
@@ -217,3 +222,11 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
                        frames_skipped=result.frames_skipped if result else None,
                        timing=result.timing if result else None, stop_reason=stop_reason, error=error, server=server,
                        domain_shift=domain_shift)
+
+
+def no_readable_image(source: str, skipped: int) -> str:
+    """The error of a file source that gave no frame: every file unreadable (or none at all)."""
+    why = (f" ({skipped} file was skipped, see the warning above)" if skipped == 1 else
+           f" ({skipped} files were skipped, see the warnings above)" if skipped else "")
+    return (f"no readable image was found in {display_name(source)}{why}. Point --source at JPEG or PNG frames "
+            f"(a file, a folder or a glob such as 'slide01/*.jpg') or at a video file.")
