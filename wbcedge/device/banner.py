@@ -8,7 +8,9 @@ top of the terminal output and of report.html:
 - a shift notice whenever a domain-shift alarm fired (`domain_shift.alarm` true in the
   session's meta or differential).
 The accuracy figure is read from the bundle's manifest (`other_microscope_check`, written
-with its source), copied into the session's meta by `count_cells`; never from code.
+with its source), copied into the session's meta by `count_cells`; never from code. So is
+the manifest's `adaptation` block: the notices then compare with the microscope the model
+was adapted to, not with its original training data.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 from wbcedge.device.shift import alarm_message
 
 CHECK_KEY = "other_microscope_check"
+ADAPTATION_KEY = "adaptation"
+"""A bundle made by `wbcedge adapt` has this manifest block: its model knows the site's cells."""
 
 
 def other_microscope_sentence(check: Mapping[str, Any] | None) -> str:
@@ -47,19 +51,33 @@ def shift_alarm(meta: Mapping[str, Any], differential: Mapping[str, Any] | None 
     return shift_state(meta, differential) is not None
 
 
+def reference_cells(meta: Mapping[str, Any]) -> str:
+    """The cells this model knows, in words: the site's cells for an adapted bundle, else its training data."""
+    if meta.get(ADAPTATION_KEY):
+        return "the cells of the microscope this model was adapted to"
+    trained_on = (meta.get(CHECK_KEY) or {}).get("trained_on")
+    return f"the model's training data ({trained_on})" if trained_on else "the model's training data"
+
+
+def demo_origin(meta: Mapping[str, Any]) -> str:
+    """Where the built-in frames come from, against the cells this model knows."""
+    if meta.get(ADAPTATION_KEY):
+        return "not from the microscope this model was adapted to"
+    return f"from another microscope than {reference_cells(meta)}"
+
+
 def banners(meta: Mapping[str, Any], differential: Mapping[str, Any] | None = None) -> list[str]:
     """The notices for this session, most important first; empty for an ordinary run."""
     check = meta.get(CHECK_KEY)
-    trained_on = (check or {}).get("trained_on", "the model's training data")
     out = []
     if meta.get("builtin_samples"):
-        out.append(f"DEMONSTRATION, not a result: these are the built-in sample frames, from another microscope "
-                   f"than the model's training data ({trained_on}). {_first_upper(other_microscope_sentence(check))}. "
+        out.append(f"DEMONSTRATION, not a result: these are the built-in sample frames, {demo_origin(meta)}. "
+                   f"{_first_upper(other_microscope_sentence(check))}. "
                    f"Count your own slides with --source or --camera, and check the model on your microscope first.")
     shift = shift_state(meta, differential)
     if shift is not None:
-        out.append(alarm_message(shift) if shift.get("score") is not None else
-                   f"DOMAIN SHIFT: these images look unlike the model's training data ({trained_on}); "
+        out.append(alarm_message(shift, reference_cells(meta)) if shift.get("score") is not None else
+                   f"DOMAIN SHIFT: these images look unlike {reference_cells(meta)}; "
                    f"{other_microscope_sentence(check)}. Check the model with labelled cells from this "
                    f"microscope before trusting this differential.")
     return out

@@ -35,7 +35,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from wbcedge.device.banner import banners
+from wbcedge.device.banner import banners, reference_cells
 from wbcedge.device.records import (
     DB_FILE,
     CellRow,
@@ -96,7 +96,7 @@ def write_outputs(run_dir: Path | str, differential: Mapping[str, Any], meta: Ma
     if domain_shift is not None:
         doc["domain_shift"] = dict(domain_shift)
         if domain_shift.get("alarm"):
-            doc["domain_shift"]["message"] = alarm_message(domain_shift)
+            doc["domain_shift"]["message"] = alarm_message(domain_shift, reference_cells(meta))
     texts = {"json": json.dumps(doc, indent=2, default=to_jsonable) + "\n",
              "csv": differential_csv(differential, review),
              "html": render_html(run_dir, differential, meta, cells, max_per_class, review, model_labels,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from wbcedge.device.banner import CHECK_KEY
+from wbcedge.device.banner import ADAPTATION_KEY, CHECK_KEY
 from wbcedge.errors import InputDataError
 from wbcedge.imagefile import display_name
 
@@ -146,7 +146,7 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
         "profile": profile.to_dict() if profile else None, "count_target": opts.count, "single_cell": opts.single_cell,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         # the bundle's measured accuracy on another microscope, for the demo and shift banners
-        CHECK_KEY: bundle.manifest.get(CHECK_KEY)}
+        CHECK_KEY: bundle.manifest.get(CHECK_KEY), ADAPTATION_KEY: bundle.manifest.get(ADAPTATION_KEY)}
     for k, v in meta.items():
         recorder.set_meta(k, v)
     on_message(f"counting white cells from {display_name(str(meta['source']))} with "

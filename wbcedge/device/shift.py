@@ -193,9 +193,10 @@ class ShiftMonitor:
                 "cell_threshold": round(self.reference.cell_threshold, 4), "method": METHOD}
 
 
-def alarm_message(state: dict) -> str:
-    """The plain words the console, report.html and differential.json carry when the alarm fires."""
-    return (f"DOMAIN SHIFT: these {state['cells']} cells look unlike the model's training data "
+def alarm_message(state: dict, reference: str = "the model's training data") -> str:
+    """The plain words the console, report.html and differential.json carry when the alarm fires;
+    `reference` names the cells the model knows (`banner.reference_cells`: for an adapted bundle, its site's)."""
+    return (f"DOMAIN SHIFT: these {state['cells']} cells look unlike {reference} "
             f"(shift score {state['score']:.2f}, threshold {state['threshold']:.2f}; "
             f"{state['cells_beyond_cell_threshold']} cells beyond the per-cell limit were set unidentified). "
             f"The differential is not valid for this microscope: {ADAPT_HINT}.")
