@@ -190,3 +190,15 @@ def test_a_calibration_share_outside_0_to_1_is_refused_before_any_model_loads(de
                                    "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and "--calib-augmented 1.5" in res.output and "from 0 to 1" in res.output
     assert not (tmp_path / "b").exists()
+
+
+def test_re_export_replaces_an_earlier_bundle(good_bundle, default_run, export_manifest, tmp_path):
+    import shutil
+
+    again = tmp_path / "again"
+    shutil.copytree(good_bundle[0], again)
+    (again / "stale.txt").write_text("from the earlier export")
+    export(default_run, again, ExportOptions(data=str(export_manifest), int8=False, formats=("tflite",)),
+           progress=lambda m: None)
+    assert not (again / "stale.txt").exists() and not (again / "model_int8.tflite").exists()
+    assert verify_bundle(again) == []

@@ -50,7 +50,8 @@ def test_training_verbs_on_a_device_only_install_name_the_extra(monkeypatch, cap
     elif blocked == "tensorflow":
         run = tmp_path / "run"
         run.mkdir()
-        (run / "model.keras").write_bytes(b"")
+        for name in ("model.keras", "labels.json", "preprocess.json", "config.json"):  # a whole run folder
+            (run / name).write_bytes(b"")
         args = ["export", str(run), "--data", str(sample_manifest), "--out", str(tmp_path / "b")]
     else:  # TensorFlow is there, the converter is not: the ONNX step says which extra brings it
         run = repo_root / "training" / "runs" / "robust-edge-step1-wise"

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from wbcedge.cli import app
 from wbcedge.cli.common import JSON_OPTION, console, examples, fail, print_error, write_json
+from wbcedge.errors import InputFileMissingError
 
 
 @app.command("export", rich_help_panel="On the training box", epilog=examples(
@@ -38,7 +39,7 @@ def export_cmd(
     """Export float and (with --int8) int8 TFLite/ONNX files into one verified bundle."""
     from dataclasses import replace
 
-    from wbcedge.train.export import ExportOptions, GateFailed, export
+    from wbcedge.train.export import ExportOptions, GateFailed, check_bundle_output, export
 
     opts = ExportOptions(int8=False)
     if config is not None:
@@ -59,6 +60,8 @@ def export_cmd(
     if opts.activation_type not in ("uint8", "int8"):
         fail(f"--activation-type {opts.activation_type!r}: choose uint8 or int8")
     out = out or run.with_name(run.name + "-bundle")
+    _check_run_folder(run)
+    check_bundle_output(out)
     failed = None
     try:
         report = export(run, out, opts, progress=lambda m: console.print(m, highlight=False))
@@ -70,6 +73,20 @@ def export_cmd(
     if failed:
         print_error(str(failed))
         raise typer.Exit(1)
+
+
+RUN_FILES = ("model.keras", "labels.json", "preprocess.json", "config.json")
+"""What export reads from a training run folder (manifest.sha256 and the histories are optional)."""
+
+
+def _check_run_folder(run: Path) -> None:
+    """Refuse, before TensorFlow loads, a RUN that is not a whole training run folder."""
+    if not run.is_dir():
+        raise InputFileMissingError(f"{run}: no such run folder; give the folder `wbcedge train --out` wrote")
+    missing = [name for name in RUN_FILES if not (run / name).is_file()]
+    if missing:
+        raise InputFileMissingError(f"{run} is not a complete training run folder (made by `wbcedge train`): "
+                                    f"missing {', '.join(missing)}; give the whole folder `wbcedge train --out` wrote")
 
 
 def _table(report: dict) -> Table:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wbcedge.bundle import pack, write_manifest
+from wbcedge.bundle import MANIFEST, pack, write_manifest
 from wbcedge.data import Record, read_manifest
-from wbcedge.errors import InputDataError, InputFileMissingError
+from wbcedge.errors import InputDataError, InputFileMissingError, OutputFolderError
 from wbcedge.evaluation.metrics import classification_results
 from wbcedge.labels import CLASSES
 from wbcedge.quiet import quiet_fds
@@ -137,6 +137,17 @@ def _resolve_manifest(run_dir: Path, override: str | None) -> Path:
                             "pass the split manifest with --data MANIFEST")
 
 
+def check_bundle_output(out: Path) -> None:
+    """Refuse an output path that writing a bundle there would destroy: a file, or a folder holding files that
+    is not a wbcedge bundle. An earlier bundle (it has manifest.json) may be replaced: re-exporting is normal."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{out} is a file, not a bundle folder: give --out a new folder name")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise OutputFolderError(f"{out} holds files and is not a wbcedge bundle (no {MANIFEST}), so writing the bundle "
+                                "there would delete them: give --out a new or empty folder, or an earlier bundle's")
+
+
 def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dict:
     """Export, gate and bundle. Returns the report; raises GateFailed when over budget (and not forced)."""
     from wbcedge.device.runtime import Classifier
@@ -185,8 +196,9 @@ def export(run_dir: Path, out: Path, opts: ExportOptions, progress=print) -> dic
                              {"reference": None, "note": "no feature output (shift check off at export, "
                               "or the model's last layer is not a Dense layer wider than the classes)"}))
 
+    check_bundle_output(out)
     if out.exists():
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # an earlier bundle, or an empty folder
     out.mkdir(parents=True)
     log = out / EXPORT_LOG  # the converters' and TensorFlow's own output: hundreds of lines, kept off the console
 
