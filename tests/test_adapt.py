@@ -120,6 +120,28 @@ def test_the_gate_takes_the_adapt_configs_floors_and_its_refusal_names_only_what
     assert "--force" not in refusal and "export config" not in refusal
 
 
+def test_adapt_refuses_an_out_that_writing_would_destroy_before_any_model_loads(tmp_path):
+    """`--out` pointed at the site's own cells (or any non-bundle folder, or a file) used to be deleted."""
+    from typer.testing import CliRunner
+
+    from wbcedge.cli import app
+
+    data = _cells(tmp_path / "site", {"lymphocyte": 40, "neutrophil": 40})
+    before = sorted(data.rglob("*"))
+    res = CliRunner().invoke(app, ["adapt", "--data", str(data), "--out", str(data)])
+    assert res.exit_code == 6 and "is not a wbcedge bundle" in res.output and "Traceback" not in res.output
+    assert sorted(data.rglob("*")) == before
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    res = CliRunner().invoke(app, ["adapt", "--data", str(data), "--out", str(a_file)])
+    assert res.exit_code == 6 and "is a file" in res.output and a_file.read_text() == "keep me"
+    (tmp_path / "b-run").mkdir()
+    (tmp_path / "b-run" / "thesis.docx").write_text("keep me too")
+    res = CliRunner().invoke(app, ["adapt", "--data", str(data), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 6 and "b-run" in res.output and "not an adapted run" in res.output
+    assert (tmp_path / "b-run" / "thesis.docx").read_text() == "keep me too"
+
+
 def _toml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

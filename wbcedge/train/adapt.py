@@ -28,7 +28,7 @@ import numpy as np
 from wbcedge.bundle import DEFAULT_BUNDLE, MANIFEST, load_bundle, write_manifest
 from wbcedge.data.manifest import Record, read_manifest
 from wbcedge.data.manifest import write_manifest as write_data_manifest
-from wbcedge.errors import InputDataError
+from wbcedge.errors import InputDataError, OutputFolderError
 from wbcedge.labels import CLASSES, class_indices
 from wbcedge.provenance import file_sha256 as sha256_of
 from wbcedge.train.adapt_site import SitePlan, plan_site, site_inputs, unlabelled_inputs
@@ -274,6 +274,7 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     parent = resolve_parent(run)
     out = Path(out)
     run_out = out.with_name(out.name + "-run")
+    check_outputs(out, run_out)
     progress(f"site cells: {len(plan.fit)} to fit, {len(plan.val)} to stop early, {len(plan.test)} held out; "
              f"adapting {', '.join(plan.adapted)}"
              + (f"; not adapted (no site cells): {', '.join(plan.not_adapted)}" if plan.not_adapted else ""))
@@ -433,6 +434,19 @@ def plan_curve_split(rows: list[Record], val_share: float, seed: int) -> tuple[l
         val += of[:n_val]
         fit += of[n_val:]
     return fit, val
+
+
+def check_outputs(out: Path, run_out: Path) -> None:
+    """Refuse, before any model loads, outputs whose writing would delete what is there: `out` as
+    `wbcedge export` refuses it, and `OUT-run` unless it is absent, empty or an earlier adapted run."""
+    from wbcedge.train.export import check_bundle_output
+
+    check_bundle_output(out)
+    if run_out.exists() and not run_out.is_dir():
+        raise OutputFolderError(f"{run_out} (where the adapted run goes) is a file: give --out another name")
+    if run_out.is_dir() and any(run_out.iterdir()) and not (run_out / "adapt.json").is_file():
+        raise OutputFolderError(f"{run_out} (where the adapted run goes) holds files and is not an adapted run "
+                                "(no adapt.json), so writing there would delete them: give --out another name")
 
 
 def _write_run(run_out: Path, parent: Parent, model, spec, plan: SitePlan, cfg: AdaptConfig, history) -> None:
