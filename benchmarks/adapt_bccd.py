@@ -3,8 +3,10 @@
     PYTHONPATH=$PWD nice -n 10 python benchmarks/adapt_bccd.py --work build/adapt-bccd [--curve]
 
 1. Cuts every annotated white cell of BCCD with the default model's own crop policy
-   (`preprocess.crop_around_cell` at the frame's measured scale, as `evaluate_box_crops` and the
-   runner do) and saves it at the model's input size.
+   (`preprocess.crop_around_cell`) at the site's one scale (`--scale site`, the default: the median
+   of the frames' red-cell estimates, as a lab's camera profile fixes it and the runner then uses
+   it for every frame; `--scale frame`: each frame's own estimate, as runs A-H did) and saves it
+   at the model's input size.
 2. Labelled site cells: frames with one WBC box and one type; per class at most `--per-class`
    (20), and never more than `--max-share` (half) of the class, so every class keeps held-out
    cells to report (fewer than 3 -> the class is not adapted). All other labelled cells are the
@@ -38,8 +40,19 @@ from wbcedge.preprocess import crop_around_cell, read_image, to_model_input
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cut_cells(bccd: Path, spec) -> tuple[list[tuple[str, str, np.ndarray]], list[tuple[str, np.ndarray]]]:
-    """(labelled cells [(frame, class, model input)], unlabelled cells [(name, model input)])."""
+def site_scale(bccd: Path) -> float:
+    """The site's micrometres per pixel as a lab's camera profile would fix it: one magnification, so
+    the median of the per-frame red-cell estimates over all its frames (no label is read)."""
+    from wbcedge.device.locate import estimate_um_per_px
+
+    scales = [estimate_um_per_px([read_image(p)]) for p in sorted((bccd / "JPEGImages").glob("*.jpg"))]
+    return float(np.median([s for s in scales if s is not None]))
+
+
+def cut_cells(bccd: Path, spec, um_per_px: float | None = None
+              ) -> tuple[list[tuple[str, str, np.ndarray]], list[tuple[str, np.ndarray]]]:
+    """(labelled cells [(frame, class, model input)], unlabelled cells [(name, model input)]), cut at
+    `um_per_px` (the site's scale) or, without it, at each frame's own red-cell estimate."""
     from wbcedge.device.locate import estimate_um_per_px
 
     types = read_frame_types(bccd / "wbc_types.csv")
@@ -53,7 +66,7 @@ def cut_cells(bccd: Path, spec) -> tuple[list[tuple[str, str, np.ndarray]], list
         if not boxes:
             continue
         image = read_image(image_path)
-        scale = estimate_um_per_px([image])
+        scale = um_per_px or estimate_um_per_px([image])
         cells = [to_model_input(crop_around_cell(image, box, spec, scale), spec) for box in boxes]
         if len(boxes) == 1 and name in types:
             labelled.append((name, types[name], cells[0]))
@@ -81,11 +94,12 @@ def save(path: Path, model_input: np.ndarray, spec) -> None:
     cv2.imwrite(str(path), bgr)
 
 
-def build_site(bccd: Path, work: Path, per_class: int, max_share: float, seed: int) -> dict:
+def build_site(bccd: Path, work: Path, per_class: int, max_share: float, seed: int,
+               um_per_px: float | None = None) -> dict:
     # Cut as the runner cuts, but saved with the colours the microscope gave: the model's own
     # stain normalisation (when its spec has one) is applied when `adapt` reads the cells.
     spec = replace(load_bundle().spec, stain_reference=None)
-    labelled, unlabelled = cut_cells(bccd, spec)
+    labelled, unlabelled = cut_cells(bccd, spec, um_per_px)
     chosen = choose(labelled, per_class, max_share, seed)
     for part in ("labelled", "heldout", "unlabelled"):
         for old in (work / part).rglob("*.png") if (work / part).exists() else []:
@@ -104,17 +118,19 @@ def build_site(bccd: Path, work: Path, per_class: int, max_share: float, seed: i
         writer.writeheader()
         writer.writerows(r for r in types_rows if r["image"] not in chosen)
     summary = {"counts": counts, "unlabelled_cells": len(unlabelled), "labelled_frames": sorted(chosen),
-               "per_class": per_class, "max_share": max_share, "seed": seed}
+               "per_class": per_class, "max_share": max_share, "seed": seed,
+               "um_per_px": um_per_px if um_per_px else "per frame"}
     (work / "site.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def frame_figures(bccd: Path, work: Path, bundle: Path) -> dict:
+def frame_figures(bccd: Path, work: Path, bundle: Path, um_per_px: float | None = None) -> dict:
     from wbcedge.evaluation.evaluate import evaluate_frame_types
 
     out = {}
     for name, path in (("parent", None), ("adapted", bundle)):
-        out[name] = evaluate_frame_types(path, bccd / "JPEGImages", work / "frames_not_labelled.csv")
+        out[name] = evaluate_frame_types(path, bccd / "JPEGImages", work / "frames_not_labelled.csv",
+                                         um_per_px=um_per_px)
         print(f"frames, {name}: {out[name]['frames']} frames, accuracy {100 * out[name]['accuracy']:.1f}% "
               f"(95% CI {100 * out[name]['accuracy_ci95'][0]:.1f}-{100 * out[name]['accuracy_ci95'][1]:.1f})", flush=True)
     return out
@@ -130,10 +146,16 @@ def main() -> None:
     ap.add_argument("--curve", action="store_true")
     ap.add_argument("--config", type=Path, default=None, help="adapt settings passed to `wbcedge adapt --config`")
     ap.add_argument("--skip-adapt", action="store_true", help="only build the site folders (and frames if adapted)")
+    ap.add_argument("--scale", choices=("site", "frame"), default="site",
+                    help="cut every cell at the site's one scale, as a camera profile fixes it and the runner "
+                         "uses it (default), or at each frame's own red-cell estimate (runs A-H of docs/adapt.md)")
     args = ap.parse_args()
     if not (args.bccd / "wbc_types.csv").is_file():
         sys.exit(f"{args.bccd} has no wbc_types.csv: give --bccd PATH to the BCCD folder")
-    site = build_site(args.bccd, args.work, args.per_class, args.max_share, args.seed)
+    um_per_px = site_scale(args.bccd) if args.scale == "site" else None
+    if um_per_px:
+        print(f"site scale: {um_per_px:.4f} um/px (median of the frames' red-cell estimates)", flush=True)
+    site = build_site(args.bccd, args.work, args.per_class, args.max_share, args.seed, um_per_px)
     print(json.dumps(site["counts"]), f"unlabelled cells: {site['unlabelled_cells']}", flush=True)
     bundle = args.work / "bundle"
     if not args.skip_adapt:
@@ -145,7 +167,7 @@ def main() -> None:
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=False)
     if (bundle / "manifest.json").is_file():
-        frames = frame_figures(args.bccd, args.work, bundle)
+        frames = frame_figures(args.bccd, args.work, bundle, um_per_px)
         (args.work / "frames.json").write_text(json.dumps(frames, indent=2) + "\n")
 
 

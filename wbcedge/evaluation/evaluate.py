@@ -115,13 +115,14 @@ def evaluate_frame_types(bundle_path: Path | None, frames_dir: Path, types_csv: 
 
     bundle = load_bundle(bundle_path)
     pipeline = CellPipeline(bundle, **pipeline_options)
+    fixed_scale = pipeline_options.get("um_per_px")   # a camera profile's: the same for every frame
     types = read_frame_types(types_csv)
     rows, confusion = [], Counter()
     for name, truth in sorted(types.items()):
         path = Path(frames_dir) / name
         if not path.is_file():
             continue
-        pipeline.um_per_px = None  # independent stills: measure each frame's scale
+        pipeline.um_per_px = fixed_scale  # without a profile's scale, independent stills: measure each frame's
         cells = [c for c in pipeline.analyse(read_image(path)) if c.label != UNIDENTIFIED]
         if cells:
             votes = Counter(c.label for c in cells)
