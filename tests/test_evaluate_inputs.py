@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from test_errors import assert_one_error, invoke
 
 from wbcedge.bundle import DEFAULT_BUNDLE
@@ -24,6 +25,7 @@ def test_class_folders_without_images_are_refused_with_what_to_do(tmp_path):
 
 
 def test_an_unreadable_image_is_named_once_and_counted_in_the_summary(tmp_path):
+    pytest.importorskip("sklearn", reason="evaluation reports need the 'report' extra (scikit-learn)")
     data = tmp_path / "crops"
     shutil.copytree(SAMPLES_DIR, data)
     n_images = sum(1 for p in data.rglob("*.jpg"))
