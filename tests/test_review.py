@@ -312,6 +312,14 @@ def test_export_cli(session, tmp_path):
     assert "1 reviewed crops" in res.stdout
 
 
+def test_export_of_sessions_nobody_reviewed_is_an_error_not_an_empty_folder(tmp_path):
+    """`adapt --data` on an empty export would fail later with a vaguer message; say it here."""
+    a = generated_session(tmp_path / "a", 6, seed=3)
+    res = subprocess.run([sys.executable, "-m", "wbcedge", "review", "export", str(a), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "nothing to export" in res.stderr and "6 not reviewed" in res.stderr
+    assert "--include-unreviewed" in res.stderr and not (tmp_path / "out").exists()
+
 def test_label_checks():
     from wbcedge.device.review.store import check_label, check_reviewer
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from wbcedge.data.manifest import FIELDS
 from wbcedge.device.review.store import ReviewStore
-from wbcedge.errors import OutputFolderError
+from wbcedge.errors import InputDataError, OutputFolderError
 from wbcedge.labels import CLASSES
 
 MANIFEST_FILE = "manifest.csv"
@@ -49,33 +49,42 @@ def export_reviewed(sessions: list[Path | str], out: Path | str, include_unrevie
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputFolderError(f"{out} exists and is not an empty folder: export into a new folder so earlier "
                                 f"exports are not mixed in")
-    written = {c: 0 for c in CLASSES}
     skipped: dict[str, int] = {}
-    rows = []
+    chosen = []
     for store, name in zip(stores, names):
-        signoff = store.signoff()
         for cell in store.cells():
             reason = _leave_out(cell, include_unreviewed)
             if reason is None and store.crop_path(cell["id"]) is None:
                 reason = "no crop on disk"
             if reason:
                 skipped[reason] = skipped.get(reason, 0) + 1
-                continue
-            label = cell["label"]
-            dest = out / label / f"{name}_{cell['id']}.jpg"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            src = store.crop_path(cell["id"])
-            shutil.copyfile(src, dest)
-            data = dest.read_bytes()
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            h, w = image.shape[:2] if image is not None else (0, 0)
-            rows.append({"path": f"{label}/{dest.name}", "label": label, "sha256": hashlib.sha256(data).hexdigest(),
-                         "width": w, "height": h, "split": "", "source": "",
-                         "session": name, "cell_id": cell["id"], "reviewer": cell["reviewer"] or "",
-                         "reviewed_at": _iso(cell["reviewed_at"]), "model_label": cell["model_label"],
-                         "model_confidence": f"{cell['confidence']:.4f}",
-                         "signed_off_by": signoff["reviewer"] if signoff else ""})
-            written[label] += 1
+            else:
+                chosen.append((store, name, cell))
+    if not chosen:
+        left = ", ".join(f"{v} {k}" for k, v in skipped.items()) or "no cells"
+        raise InputDataError(f"nothing to export from {', '.join(str(s) for s in sessions)} ({left}): review the "
+                             "cells first (wbcedge review SESSION), or add --include-unreviewed to take the model's "
+                             "labels where nobody reviewed")
+    written = {c: 0 for c in CLASSES}
+    rows = []
+    signoffs = {name: store.signoff() for store, name in zip(stores, names)}
+    for store, name, cell in chosen:
+        signoff = signoffs[name]
+        label = cell["label"]
+        dest = out / label / f"{name}_{cell['id']}.jpg"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src = store.crop_path(cell["id"])
+        shutil.copyfile(src, dest)
+        data = dest.read_bytes()
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        h, w = image.shape[:2] if image is not None else (0, 0)
+        rows.append({"path": f"{label}/{dest.name}", "label": label, "sha256": hashlib.sha256(data).hexdigest(),
+                     "width": w, "height": h, "split": "", "source": "",
+                     "session": name, "cell_id": cell["id"], "reviewer": cell["reviewer"] or "",
+                     "reviewed_at": _iso(cell["reviewed_at"]), "model_label": cell["model_label"],
+                     "model_confidence": f"{cell['confidence']:.4f}",
+                     "signed_off_by": signoff["reviewer"] if signoff else ""})
+        written[label] += 1
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST_FILE
     with manifest.open("w", newline="") as f:
