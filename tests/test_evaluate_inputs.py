@@ -62,3 +62,10 @@ def test_a_frames_folder_that_does_not_exist_is_named_as_missing(tmp_path):
     assert "no annotations found" not in line
     (tmp_path / "a-file").write_text("x")
     assert_one_error(invoke("evaluate", "--frames", str(tmp_path / "a-file")), 2, "not a folder")
+
+
+def test_a_split_that_cannot_apply_is_refused_not_ignored(tmp_path):
+    assert_one_error(invoke("evaluate", str(DEFAULT_BUNDLE), "--data", str(SAMPLES_DIR), "--split", "foo"), 2,
+                     "--split 'foo'", "train, val and test")
+    assert_one_error(invoke("evaluate", str(DEFAULT_BUNDLE), "--data", str(SAMPLES_DIR), "--split", "val"), 2,
+                     "class-folder tree", "wbcedge data split")

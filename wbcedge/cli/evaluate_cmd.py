@@ -33,6 +33,11 @@ def evaluate_cmd(
         return _evaluate_frames(frames, model, json_path)
     if model is None or data is None:
         fail("give MODEL and --data (a manifest or a class-folder tree), or --frames DIR for the locator")
+    if split not in ("train", "val", "test"):
+        fail(f"--split {split!r}: a manifest's splits are train, val and test")
+    if data.is_dir() and split != "test":
+        fail(f"--split {split} applies to a manifest; {data} is a class-folder tree, which is scored whole "
+             "(make a manifest with `wbcedge data index` and `wbcedge data split` to score one part)")
     from wbcedge.data import load_labelled
     from wbcedge.evaluation import metrics
     from wbcedge.evaluation.evaluate import predict_records, predict_records_report
