@@ -120,6 +120,18 @@ def test_absent_camera(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_absent_camera_prints_no_opencv_warnings_before_the_error(tmp_path):
+    """OpenCV writes its own "[ WARN:0@0.2] ... can't open camera by index" lines straight to stderr
+    (CliRunner cannot see them): in a real process only the error line may remain."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "wbcedge", "run", "--camera", "57", "--out", str(tmp_path / "s")],
+                         capture_output=True, text=True)
+    assert res.returncode == 3 and "could not be opened" in res.stderr
+    assert "WARN" not in res.stderr, res.stderr
+
+
 # ---------------------------------------------------------------- 2: input data and options
 
 def test_bad_data_manifest_csv(tmp_path):

@@ -457,6 +457,21 @@ class LiveSource(FrameSource):
         super().close()
 
 
+class opencv_warnings_hidden:
+    """OpenCV's own log at ERROR level inside the block (it prints its WARN lines to stderr itself),
+    unless this logger is at DEBUG, where they help to find out why a camera will not open."""
+
+    def __enter__(self) -> None:
+        self._before = None
+        if not log.isEnabledFor(logging.DEBUG):
+            self._before = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+    def __exit__(self, *exc) -> None:
+        if self._before is not None:
+            cv2.utils.logging.setLogLevel(self._before)
+
+
 class OpenCVCameraSource(LiveSource):
     """A camera read through cv2.VideoCapture: a V4L2/USB device or a GStreamer pipeline.
 
@@ -479,7 +494,8 @@ class OpenCVCameraSource(LiveSource):
                               f"that no other program uses it, and that this user may open it (group 'video').")
 
     def _open(self) -> Any:
-        cap = self._open_capture()
+        with opencv_warnings_hidden():   # "can't open camera by index" lines: the error below says it, with what to do
+            cap = self._open_capture()
         if self._configure and cap.isOpened():
             for note in apply_v4l2_profile(cap, self.profile):
                 if note not in self.problems:
