@@ -70,3 +70,23 @@ def test_report_keeps_a_signed_off_review(counted, tmp_path):
     assert rebuilt["domain_shift"] == signed["domain_shift"]
     assert "signed off by <b>Dr. B</b>" in html and 'id="review"' in html
     assert "cohen_kappa" in (session / "differential.csv").read_text(encoding="utf-8")
+
+
+def test_a_session_recorded_before_cells_db_kept_every_fact_keeps_them_from_its_files(counted, tmp_path):
+    """Sessions recorded before cells.db held the run facts and the shift result have them only in
+    differential.json: rewriting the files (a sign-off, `wbcedge report`) must not drop them."""
+    import sqlite3
+
+    session = copy_session(counted, tmp_path / "session")
+    before, _ = report_files(session)
+    with sqlite3.connect(session / "cells.db") as db:   # what an older session's database holds
+        db.execute("DELETE FROM meta WHERE key IN ('domain_shift', 'timing')")
+    res = runner.invoke(app, ["report", str(session)])
+    assert res.exit_code == 0, res.output
+    after, _ = report_files(session)
+    assert after["domain_shift"] == before["domain_shift"] and after["meta"]["timing"] == before["meta"]["timing"]
+    # what the database holds wins over the earlier file
+    with sqlite3.connect(session / "cells.db") as db:
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('um_per_px', '0.5')")
+    assert runner.invoke(app, ["report", str(session)]).exit_code == 0
+    assert report_files(session)[0]["meta"]["um_per_px"] == 0.5

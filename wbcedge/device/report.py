@@ -131,7 +131,7 @@ def write_session_outputs(run_dir: Path | str, reference: Mapping[str, Any] | No
     from wbcedge.device.review.store import signed_off_review
 
     run_dir = Path(run_dir)
-    meta = read_meta(run_dir)
+    meta = {**facts_of_earlier_files(run_dir), **read_meta(run_dir)}
     domain_shift = meta.pop("domain_shift", None)
     reference = reference if reference is not None else session_reference(meta)
     diff = model_differential(run_dir, meta, reference, domain_shift)
@@ -146,6 +146,21 @@ def write_session_outputs(run_dir: Path | str, reference: Mapping[str, Any] | No
     reviewed_diff, review_block, reviewed_labels = review
     return write_outputs(run_dir, reviewed_diff, meta, review=review_block, reviewed_labels=reviewed_labels,
                          domain_shift=domain_shift)
+
+
+def facts_of_earlier_files(run_dir: Path) -> dict[str, Any]:
+    """The run facts and shift result of the session's differential.json, where it is readable: sessions
+    recorded before cells.db kept them all (2026-12-02) have them only there, and a sign-off or `wbcedge
+    report` must not drop them. What cells.db holds wins."""
+    try:
+        doc = json.loads((run_dir / "differential.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    earlier = dict(doc.get("meta") or {}) if isinstance(doc, dict) else {}
+    earlier.pop("rebuilt_from_database", None)
+    if isinstance(doc, dict) and doc.get("domain_shift") is not None:
+        earlier["domain_shift"] = doc["domain_shift"]
+    return earlier
 
 
 def rebuild_outputs(run_dir: Path | str, reference: Mapping[str, Any] | None = None) -> dict[str, Path]:
