@@ -49,6 +49,12 @@ def test_an_adapted_bundle_is_compared_with_its_site():
                              "adapted to (shift score 7.10")
     for notice in (demo, shift, scored):
         assert "training data" not in notice
+    # what is known of its accuracy is its site's held-out figure, not "not measured"
+    assert ("On the held-out cells of the microscope it was adapted to, the model classified 73.0% correctly "
+            "(its parent 35.0%).") in demo and "not measured" not in demo + shift
+    counted = {**ADAPTATION, "site_counts": {"neutrophil": {"fit": 9, "val": 2, "held_out": 15},
+                                             "basophil": {"fit": 0, "val": 0, "held_out": 5}}}
+    assert "On the 20 held-out cells of the microscope" in banners({"builtin_samples": True, "adaptation": counted})[0]
 
 
 def test_run_with_an_adapted_bundle_prints_the_adapted_wording(tmp_path):

@@ -38,6 +38,28 @@ def other_microscope_sentence(check: Mapping[str, Any] | None) -> str:
             f"{100 * check['cell_accuracy']:.1f}% correctly ({interval}{where})")
 
 
+def adapted_sentence(adaptation: Mapping[str, Any]) -> str:
+    """'on the 276 held-out cells of the microscope it was adapted to, the model classified 74.3% correctly
+    (its parent 51.8%)', from the manifest's `adaptation` block (written by `wbcedge adapt`)."""
+    accuracy = adaptation.get("held_out_accuracy") or {}
+    if accuracy.get("adapted_int8") is None:
+        return "this adapted model's accuracy on its own microscope is not recorded in its bundle"
+    counts = adaptation.get("site_counts") or {}
+    n = sum(int(c.get("held_out", 0)) for c in counts.values()) if counts else None
+    cells = f"the {n} held-out cells" if n else "the held-out cells"
+    parent = f" (its parent {100 * accuracy['parent']:.1f}%)" if accuracy.get("parent") is not None else ""
+    return (f"on {cells} of the microscope it was adapted to, the model classified "
+            f"{100 * accuracy['adapted_int8']:.1f}% correctly{parent}")
+
+
+def accuracy_sentence(meta: Mapping[str, Any]) -> str:
+    """What is known of this model's accuracy away from its training data: its site's held-out cells for
+    an adapted bundle, else the other microscope its bundle was checked on."""
+    if meta.get(ADAPTATION_KEY):
+        return adapted_sentence(meta[ADAPTATION_KEY])
+    return other_microscope_sentence(meta.get(CHECK_KEY))
+
+
 def shift_state(meta: Mapping[str, Any], differential: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
     """The session's "domain_shift" state when its alarm fired, else None."""
     for source in (meta, differential or {}):
@@ -68,17 +90,16 @@ def demo_origin(meta: Mapping[str, Any]) -> str:
 
 def banners(meta: Mapping[str, Any], differential: Mapping[str, Any] | None = None) -> list[str]:
     """The notices for this session, most important first; empty for an ordinary run."""
-    check = meta.get(CHECK_KEY)
     out = []
     if meta.get("builtin_samples"):
         out.append(f"DEMONSTRATION, not a result: these are the built-in sample frames, {demo_origin(meta)}. "
-                   f"{_first_upper(other_microscope_sentence(check))}. "
+                   f"{_first_upper(accuracy_sentence(meta))}. "
                    f"Count your own slides with --source or --camera, and check the model on your microscope first.")
     shift = shift_state(meta, differential)
     if shift is not None:
         out.append(alarm_message(shift, reference_cells(meta)) if shift.get("score") is not None else
                    f"DOMAIN SHIFT: these images look unlike {reference_cells(meta)}; "
-                   f"{other_microscope_sentence(check)}. Check the model with labelled cells from this "
+                   f"{accuracy_sentence(meta)}. Check the model with labelled cells from this "
                    f"microscope before trusting this differential.")
     return out
 
