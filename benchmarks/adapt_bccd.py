@@ -49,10 +49,11 @@ def site_scale(bccd: Path) -> float:
     return float(np.median([s for s in scales if s is not None]))
 
 
-def cut_cells(bccd: Path, spec, um_per_px: float | None = None
+def cut_cells(bccd: Path, spec, um_per_px: float | str | None = None
               ) -> tuple[list[tuple[str, str, np.ndarray]], list[tuple[str, np.ndarray]]]:
     """(labelled cells [(frame, class, model input)], unlabelled cells [(name, model input)]), cut at
-    `um_per_px` (the site's scale) or, without it, at each frame's own red-cell estimate."""
+    `um_per_px` (the site's scale), at each frame's own red-cell estimate (None), or sized to each
+    cell's box ("relative": the cell fills the spec's cell_fraction of the crop side)."""
     from wbcedge.device.locate import estimate_um_per_px
 
     types = read_frame_types(bccd / "wbc_types.csv")
@@ -66,7 +67,7 @@ def cut_cells(bccd: Path, spec, um_per_px: float | None = None
         if not boxes:
             continue
         image = read_image(image_path)
-        scale = um_per_px or estimate_um_per_px([image])
+        scale = None if um_per_px == "relative" else um_per_px or estimate_um_per_px([image])
         cells = [to_model_input(crop_around_cell(image, box, spec, scale), spec) for box in boxes]
         if len(boxes) == 1 and name in types:
             labelled.append((name, types[name], cells[0]))
@@ -146,14 +147,15 @@ def main() -> None:
     ap.add_argument("--curve", action="store_true")
     ap.add_argument("--config", type=Path, default=None, help="adapt settings passed to `wbcedge adapt --config`")
     ap.add_argument("--skip-adapt", action="store_true", help="only build the site folders (and frames if adapted)")
-    ap.add_argument("--scale", choices=("site", "frame"), default="site",
+    ap.add_argument("--scale", choices=("site", "frame", "relative"), default="site",
                     help="cut every cell at the site's one scale, as a camera profile fixes it and the runner "
-                         "uses it (default), or at each frame's own red-cell estimate (runs A-H of docs/adapt.md)")
+                         "uses it (default), at each frame's own red-cell estimate (runs A-H of docs/adapt.md), "
+                         "or sized to each cell's box (relative: the cell fills the spec's cell_fraction)")
     args = ap.parse_args()
     if not (args.bccd / "wbc_types.csv").is_file():
         sys.exit(f"{args.bccd} has no wbc_types.csv: give --bccd PATH to the BCCD folder")
-    um_per_px = site_scale(args.bccd) if args.scale == "site" else None
-    if um_per_px:
+    um_per_px = site_scale(args.bccd) if args.scale == "site" else "relative" if args.scale == "relative" else None
+    if isinstance(um_per_px, float):
         print(f"site scale: {um_per_px:.4f} um/px (median of the frames' red-cell estimates)", flush=True)
     site = build_site(args.bccd, args.work, args.per_class, args.max_share, args.seed, um_per_px)
     print(json.dumps(site["counts"]), f"unlabelled cells: {site['unlabelled_cells']}", flush=True)
@@ -167,7 +169,7 @@ def main() -> None:
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=False)
     if (bundle / "manifest.json").is_file():
-        frames = frame_figures(args.bccd, args.work, bundle, um_per_px)
+        frames = frame_figures(args.bccd, args.work, bundle, um_per_px if isinstance(um_per_px, float) else None)
         (args.work / "frames.json").write_text(json.dumps(frames, indent=2) + "\n")
 
 
