@@ -90,3 +90,9 @@ def test_a_session_recorded_before_cells_db_kept_every_fact_keeps_them_from_its_
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('um_per_px', '0.5')")
     assert runner.invoke(app, ["report", str(session)]).exit_code == 0
     assert report_files(session)[0]["meta"]["um_per_px"] == 0.5
+
+
+def test_a_missing_session_is_an_input_error_as_review_says_it(tmp_path):
+    for command in (["report", str(tmp_path / "nope")], ["review", "open", str(tmp_path / "nope"), "--no-browser"]):
+        res = runner.invoke(app, command)
+        assert res.exit_code == 2 and "nope" in res.output and "wbcedge run" in res.output, (command, res.output)

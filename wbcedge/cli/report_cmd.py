@@ -31,12 +31,13 @@ def report_cmd(
     from wbcedge.device.differential import load_reference
     from wbcedge.device.records import DB_FILE, read_meta, read_skipped
     from wbcedge.device.report import format_differential, rebuild_outputs, skipped_line
-    from wbcedge.errors import InputDataError, OutputFolderError
+    from wbcedge.errors import InputDataError, InputFileMissingError, OutputFolderError
     from wbcedge.imagefile import display_name
 
     if not (session_dir / DB_FILE).is_file():
-        raise OutputFolderError(f"{session_dir} is not a session folder ({DB_FILE} is missing): give the folder "
-                                "`wbcedge run` wrote (runs/session-...)")
+        # the input is missing (exit 2, as `wbcedge review` says it), not an output folder that cannot be written
+        raise InputFileMissingError(f"{session_dir} is not a session folder ({DB_FILE} is missing): give the folder "
+                                    "`wbcedge run` wrote (runs/session-...)")
     try:
         ref = load_reference(reference) if reference else None
     except (OSError, ValueError) as exc:
