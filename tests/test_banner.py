@@ -38,10 +38,10 @@ def test_a_bundle_without_a_training_data_note_is_not_garbled():
 def test_an_adapted_bundle_is_compared_with_its_site():
     meta = {"builtin_samples": True, "adaptation": ADAPTATION}
     assert reference_cells(meta) == "the cells of the microscope this model was adapted to"
-    assert demo_origin(meta) == "not from the microscope this model was adapted to"
+    assert demo_origin(meta) == "public BCCD images, not your own slides"
     demo, shift = banners({**meta, "domain_shift": {"alarm": True}})
-    assert demo.startswith("DEMONSTRATION, not a result: these are the built-in sample frames, not from the "
-                           "microscope this model was adapted to. ")
+    assert demo.startswith("DEMONSTRATION, not a result: these are the built-in sample frames, public BCCD "
+                           "images, not your own slides. ")
     assert shift.startswith("DOMAIN SHIFT: these images look unlike the cells of the microscope this model was "
                             "adapted to; ")
     scored = banners({**meta, "domain_shift": SCORED_ALARM})[1]
@@ -67,7 +67,7 @@ def test_run_with_an_adapted_bundle_prints_the_adapted_wording(tmp_path):
     res = CliRunner().invoke(app, ["run", "--bundle", str(bundle), "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.replace("│", " ").split())
-    assert "not from the microscope this model was adapted to" in flat
+    assert "public BCCD images, not your own slides" in flat
     assert "(the model's training data)" not in flat and "than the model's training data" not in flat
     page = (tmp_path / "s" / "report.html").read_text(encoding="utf-8")
-    assert "not from the microscope this model was adapted to" in page
+    assert "public BCCD images, not your own slides" in page

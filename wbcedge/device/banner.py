@@ -84,7 +84,8 @@ def reference_cells(meta: Mapping[str, Any]) -> str:
 def demo_origin(meta: Mapping[str, Any]) -> str:
     """Where the built-in frames come from, against the cells this model knows."""
     if meta.get(ADAPTATION_KEY):
-        return "not from the microscope this model was adapted to"
+        # the site may be any microscope, BCCD's own among them (docs/adapt.md adapts to it): say what is sure
+        return "public BCCD images, not your own slides"
     return f"from another microscope than {reference_cells(meta)}"
 
 
