@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from wbcedge.bundle import load_bundle
+from wbcedge.device.records import bounded_crop
 from wbcedge.evaluation.evaluate import read_frame_types
 from wbcedge.evaluation.locate_eval import read_voc_boxes
 from wbcedge.labels import CLASSES
@@ -49,7 +50,7 @@ def site_scale(bccd: Path) -> float:
     return float(np.median([s for s in scales if s is not None]))
 
 
-def cut_cells(bccd: Path, spec, um_per_px: float | str | None = None
+def cut_cells(bccd: Path, spec, um_per_px: float | str | None = None, as_recorded: bool = False
               ) -> tuple[list[tuple[str, str, np.ndarray]], list[tuple[str, np.ndarray]]]:
     """(labelled cells [(frame, class, model input)], unlabelled cells [(name, model input)]), cut at
     `um_per_px` (the site's scale), at each frame's own red-cell estimate (None), or sized to each
@@ -68,7 +69,9 @@ def cut_cells(bccd: Path, spec, um_per_px: float | str | None = None
             continue
         image = read_image(image_path)
         scale = None if um_per_px == "relative" else um_per_px or estimate_um_per_px([image])
-        cells = [to_model_input(crop_around_cell(image, box, spec, scale), spec) for box in boxes]
+        crops = [crop_around_cell(image, box, spec, scale) for box in boxes]
+        # as a session records them (BGR, at most 224 px: what `review export` gives a lab), or model inputs
+        cells = [bounded_crop(c) if as_recorded else to_model_input(c, spec) for c in crops]
         if len(boxes) == 1 and name in types:
             labelled.append((name, types[name], cells[0]))
         else:
@@ -89,18 +92,18 @@ def choose(labelled, per_class: int, max_share: float, seed: int) -> set[str]:
     return chosen
 
 
-def save(path: Path, model_input: np.ndarray, spec) -> None:
+def save(path: Path, cell: np.ndarray, spec, as_recorded: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    bgr = cv2.cvtColor(model_input, cv2.COLOR_RGB2BGR) if spec.color_order == "RGB" else model_input
+    bgr = cell if as_recorded or spec.color_order != "RGB" else cv2.cvtColor(cell, cv2.COLOR_RGB2BGR)
     cv2.imwrite(str(path), bgr)
 
 
 def build_site(bccd: Path, work: Path, per_class: int, max_share: float, seed: int,
-               um_per_px: float | None = None) -> dict:
+               um_per_px: float | str | None = None, as_recorded: bool = False) -> dict:
     # Cut as the runner cuts, but saved with the colours the microscope gave: the model's own
     # stain normalisation (when its spec has one) is applied when `adapt` reads the cells.
     spec = replace(load_bundle().spec, stain_reference=None)
-    labelled, unlabelled = cut_cells(bccd, spec, um_per_px)
+    labelled, unlabelled = cut_cells(bccd, spec, um_per_px, as_recorded)
     chosen = choose(labelled, per_class, max_share, seed)
     for part in ("labelled", "heldout", "unlabelled"):
         for old in (work / part).rglob("*.png") if (work / part).exists() else []:
@@ -108,10 +111,10 @@ def build_site(bccd: Path, work: Path, per_class: int, max_share: float, seed: i
     counts = {c: {"labelled": 0, "heldout": 0} for c in CLASSES}
     for frame, label, cell in labelled:
         part = "labelled" if frame in chosen else "heldout"
-        save(work / part / label / (Path(frame).stem + ".png"), cell, spec)
+        save(work / part / label / (Path(frame).stem + ".png"), cell, spec, as_recorded)
         counts[label][part] += 1
     for name, cell in unlabelled:
-        save(work / "unlabelled" / f"{name}.png", cell, spec)
+        save(work / "unlabelled" / f"{name}.png", cell, spec, as_recorded)
     with open(bccd / "wbc_types.csv", newline="") as f:
         types_rows = list(csv.DictReader(f))
     with open(work / "frames_not_labelled.csv", "w", newline="") as f:
@@ -151,13 +154,16 @@ def main() -> None:
                     help="cut every cell at the site's one scale, as a camera profile fixes it and the runner "
                          "uses it (default), at each frame's own red-cell estimate (runs A-H of docs/adapt.md), "
                          "or sized to each cell's box (relative: the cell fills the spec's cell_fraction)")
+    ap.add_argument("--as-recorded", action="store_true",
+                    help="save each cell as a session records it (at most 224 px, the crop's own pixels) instead "
+                         "of at the model's input size (runs A-J), so adapt can re-cut it (crop = \"cell\")")
     args = ap.parse_args()
     if not (args.bccd / "wbc_types.csv").is_file():
         sys.exit(f"{args.bccd} has no wbc_types.csv: give --bccd PATH to the BCCD folder")
     um_per_px = site_scale(args.bccd) if args.scale == "site" else "relative" if args.scale == "relative" else None
     if isinstance(um_per_px, float):
         print(f"site scale: {um_per_px:.4f} um/px (median of the frames' red-cell estimates)", flush=True)
-    site = build_site(args.bccd, args.work, args.per_class, args.max_share, args.seed, um_per_px)
+    site = build_site(args.bccd, args.work, args.per_class, args.max_share, args.seed, um_per_px, args.as_recorded)
     print(json.dumps(site["counts"]), f"unlabelled cells: {site['unlabelled_cells']}", flush=True)
     bundle = args.work / "bundle"
     if not args.skip_adapt:

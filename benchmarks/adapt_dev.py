@@ -41,19 +41,20 @@ def main() -> None:
     predictor = load_run(args.run)
     model, spec = predictor.keras_model, predictor.spec
     initial = model.get_weights()
-    x_unl = unlabelled_inputs(args.unlabelled, spec)
     for overrides in json.loads(args.configs):
         if "augment" in overrides:
             overrides["augment"] = {**AdaptConfig().augment, **overrides["augment"]}
         cfg = replace(AdaptConfig(), **overrides)
+        cut = cfg.crop == "cell"   # re-cut every crop so its cell fills the spec's fraction (AdaptConfig.crop)
+        x_unl = unlabelled_inputs(args.unlabelled, spec, cell_sized=cut)
         replay = replay_records(args.run, cfg.replay_per_class, cfg.seed)
-        x_rep, y_rep = site_inputs(replay, spec), class_indices(r.label for r in replay)
+        x_rep, y_rep = site_inputs(replay, spec, cut), class_indices(r.label for r in replay)
         accs, bn_accs, epochs, t0 = [], [], [], time.time()
         for split in range(args.splits):
             plan = plan_site(args.data, args.holdout, split, None, cfg.val_share)
-            x_fit, y_fit = site_inputs(plan.fit, spec), class_indices(r.label for r in plan.fit)
-            x_val, y_val = site_inputs(plan.val, spec), class_indices(r.label for r in plan.val)
-            x_test, y_test = site_inputs(plan.test, spec), class_indices(r.label for r in plan.test)
+            x_fit, y_fit = site_inputs(plan.fit, spec, cut), class_indices(r.label for r in plan.fit)
+            x_val, y_val = site_inputs(plan.val, spec, cut), class_indices(r.label for r in plan.val)
+            x_test, y_test = site_inputs(plan.test, spec, cut), class_indices(r.label for r in plan.test)
             model.set_weights(initial)
             if has_batchnorm(model):
                 reestimate_batchnorm(model, _bn_cells(x_fit, x_val, x_unl, cfg), cfg.bn_chunk)

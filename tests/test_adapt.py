@@ -142,6 +142,14 @@ def test_adapt_refuses_an_out_that_writing_would_destroy_before_any_model_loads(
     assert (tmp_path / "b-run" / "thesis.docx").read_text() == "keep me too"
 
 
+def test_a_crop_policy_adapt_does_not_know_is_refused_naming_the_choices(tmp_path):
+    from wbcedge.train.adapt import AdaptConfig
+
+    with pytest.raises(InputDataError, match=r"crop = 'box'; choose one of parent, cell"):
+        AdaptConfig.load(_toml(tmp_path / "c.toml", 'crop = "box"\n'))
+    assert AdaptConfig.load(_toml(tmp_path / "ok.toml", 'crop = "cell"\n')).crop == "cell"
+
+
 def _toml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -228,6 +236,31 @@ def test_a_review_export_folder_uses_only_reviewer_labelled_cells(tmp_path):
         plan_site(data)
     plan = plan_site(data, holdout=0.5)
     assert len(plan.fit) + len(plan.val) + len(plan.test) == 40
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_cell_sized_crops_give_the_adapted_bundle_a_spec_that_sizes_crops_to_each_cell(tmp_path, default_run):
+    """crop = "cell": the bundle's spec has no crop_um (the runner sizes each crop to its located cell),
+    the parent is still scored on its own crops, and the runner counts with the bundle."""
+    pytest.importorskip("tensorflow")
+    from typer.testing import CliRunner
+
+    from wbcedge.bundle import load_bundle
+    from wbcedge.cli import app
+    from wbcedge.train.adapt import AdaptConfig, adapt
+
+    labelled, heldout = _shifted_site(tmp_path / "site")
+    cfg = AdaptConfig(epochs=4, min_epochs=4, replay_per_class=2, formats=("tflite",), forgetting=False, calib=60,
+                      soup=1, crop="cell", min_accuracy=0.0, min_class_recall=0.0)
+    report = adapt(default_run, labelled, tmp_path / "bundle", cfg, test=heldout, progress=lambda m: None)
+    bundle = load_bundle(tmp_path / "bundle", verify=False)
+    assert bundle.spec.crop_um is None and load_bundle().spec.crop_um is not None
+    assert report["config"]["crop"] == "cell" and report["held_out"]["parent"]["n"] == 80
+    if report["deployable"]:   # better than the parent after these few epochs (the usual case here)
+        res = CliRunner().invoke(app, ["run", "--bundle", str(tmp_path / "bundle"), "--out", str(tmp_path / "s")])
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / "s" / "differential.json").is_file()
 
 
 @pytest.mark.slow

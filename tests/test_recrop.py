@@ -12,7 +12,7 @@ import pytest
 from wbcedge.device.locate import measure_cell_fraction
 from wbcedge.device.recrop import crop_scale, load_cell_inputs, rescale_crop, single_cell_input
 from wbcedge.evaluation.shifts import looser_crop, tighter_crop
-from wbcedge.preprocess import PreprocessSpec, background_colour, read_image, square_window
+from wbcedge.preprocess import PreprocessSpec, background_colour, read_image, square_window, to_model_input
 
 REPO = Path(__file__).resolve().parent.parent
 # The crop policy only: the built-in spec's colour normalisation (Reinhard) is a later, separate
@@ -61,6 +61,26 @@ def test_tighter_and_looser_sets_give_the_model_the_same_cell_size(tmp_path: Pat
         assert float(np.median(sizes)) == pytest.approx(SPEC.cell_fraction * SPEC.input_size, rel=0.10)
     # Relative sizes survive: a small cell stays smaller than a large one (one factor per set).
     assert np.corrcoef(a[ok], b[ok])[0, 1] > 0.5
+
+
+def test_cell_sized_crops_bring_every_cell_to_the_trained_fraction_whatever_its_own_cut() -> None:
+    """`adapt --config` crop = "cell": each crop is re-cut by its own cell, so crops cut 1.8x looser
+    and as given end with their cells at the same size (one factor per crop, not per set)."""
+    from wbcedge.device.recrop import cell_sized_crops
+
+    crops = [read_image(p) for p in CROPS]
+    mixed = [looser_crop(c, 1.8) if i % 2 else c for i, c in enumerate(crops)]
+    recut, scale = cell_sized_crops(mixed, SPEC)
+    assert len(recut) == len(mixed) and scale.measured >= len(mixed) - 2
+    sizes = _cell_px(np.stack([to_model_input(c, SPEC) for c in recut]))
+    looser, given = sizes[1::2], sizes[0::2]
+    target = SPEC.cell_fraction * SPEC.input_size
+    for part in (looser, given):
+        part = part[np.isfinite(part)]
+        assert float(np.median(part)) == pytest.approx(target, rel=0.12), part
+    # as given, the looser half's cells were 1.8x smaller than the other half's
+    as_given = _cell_px(np.stack([to_model_input(c, SPEC) for c in mixed]))
+    assert np.nanmedian(as_given[0::2]) > 1.5 * np.nanmedian(as_given[1::2])
 
 
 def test_training_crops_are_used_as_given(tmp_path: Path) -> None:

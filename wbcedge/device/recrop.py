@@ -93,6 +93,25 @@ def single_cell_input(image_bgr: np.ndarray, spec: PreprocessSpec) -> tuple[np.n
     return to_model_input(rescale_crop(image_bgr, scale.factor), spec), scale
 
 
+def cell_sized_crops(images_bgr: list[np.ndarray], spec: PreprocessSpec) -> tuple[list[np.ndarray], CropScale]:
+    """Each crop re-cut about its centre so that its own located cell fills `spec.cell_fraction` of the
+    side: the crops a bundle whose spec has no `crop_um` (cells sized to their boxes) is shown by the
+    runner. Unlike `load_cell_inputs` (one factor per set, which keeps the size cue between cell types),
+    this sizes every cell alike; crops where no cell is found get the set's median factor.
+    `CropScale.factor` is that median."""
+    if not images_bgr:
+        return [], CropScale(1.0, None, 0, [])
+    scales = [u for u in (estimate_um_per_px([im]) for im in images_bgr) if u]
+    um_per_px = float(np.median(scales)) if scales else None
+    fractions = [cell_fraction_in_crop(im, um_per_px=um_per_px) for im in images_bgr]
+    found = [f for f in fractions if f is not None]
+    median = float(np.median(found)) if found else spec.cell_fraction
+    factors = [(f if f is not None else median) / spec.cell_fraction for f in fractions]
+    missing = [str(i) for i, f in enumerate(fractions) if f is None]
+    crops = [rescale_crop(im, k) for im, k in zip(images_bgr, factors)]
+    return crops, CropScale(median / spec.cell_fraction, median if found else None, len(found), missing)
+
+
 def _scale_of(path: str) -> float | None:
     return estimate_um_per_px([read_image(Path(path))])
 

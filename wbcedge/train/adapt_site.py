@@ -191,20 +191,29 @@ def _check_held_out(held: list[Record], groups: dict, have: int) -> None:
 
 # ---------------------------------------------------------------- model inputs
 
-def site_inputs(records: list[Record], spec: PreprocessSpec) -> np.ndarray:
+def site_inputs(records: list[Record], spec: PreprocessSpec, cell_sized: bool = False) -> np.ndarray:
     """Model inputs of labelled crops, through the spec's own preprocessing (in this process:
-    a few hundred small crops, and no fork of a process that has TensorFlow loaded)."""
+    a few hundred small crops, and no fork of a process that has TensorFlow loaded). `cell_sized`:
+    each crop first re-cut so its cell fills the spec's cell_fraction (`recrop.cell_sized_crops`)."""
     if not records:
         return np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
-    return np.stack([to_model_input(read_image(Path(r.path)), spec) for r in records])
+    return model_inputs([read_image(Path(r.path)) for r in records], spec, cell_sized)
 
 
-def unlabelled_inputs(source: Path | None, spec: PreprocessSpec, limit: int = 0, seed: int = 0) -> np.ndarray:
+def model_inputs(crops_bgr: list[np.ndarray], spec: PreprocessSpec, cell_sized: bool = False) -> np.ndarray:
+    if cell_sized:
+        from wbcedge.device.recrop import cell_sized_crops
+        crops_bgr = cell_sized_crops(crops_bgr, spec)[0]
+    return np.stack([to_model_input(c, spec) for c in crops_bgr])
+
+
+def unlabelled_inputs(source: Path | None, spec: PreprocessSpec, limit: int = 0, seed: int = 0,
+                      cell_sized: bool = False) -> np.ndarray:
     """Model inputs of a folder of unlabelled site images (searched recursively).
 
     Frames (shorter side >= FRAME_MIN_SIDE) are cut into cells by the locator and the
     spec's crop policy, exactly as `wbcedge run` cuts them; smaller images are crops.
-    `limit` > 0 keeps that many images, drawn with `seed`.
+    `limit` > 0 keeps that many images, drawn with `seed`. `cell_sized`: crops re-cut as in `site_inputs`.
     """
     empty = np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
     if source is None:
@@ -215,7 +224,7 @@ def unlabelled_inputs(source: Path | None, spec: PreprocessSpec, limit: int = 0,
     paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if limit and len(paths) > limit:
         paths = [paths[i] for i in sorted(np.random.default_rng(seed).permutation(len(paths))[:limit])]
-    out = []
+    out, crops = [], []
     for p in paths:
         try:
             image = read_image(p)
@@ -224,7 +233,9 @@ def unlabelled_inputs(source: Path | None, spec: PreprocessSpec, limit: int = 0,
         if min(image.shape[:2]) >= FRAME_MIN_SIDE:
             out += _frame_cells(image, spec)
         else:
-            out.append(to_model_input(image, spec))
+            crops.append(image)
+    if crops:
+        out += list(model_inputs(crops, spec, cell_sized))
     return np.stack(out) if out else empty
 
 
