@@ -156,7 +156,8 @@ def crop_policy(spec: PreprocessSpec) -> str:
     if spec.crop_um:
         return (f"physical crops {spec.crop_um:g} um wide around each cell when the camera profile gives um_per_px; "
                 f"without it, {relative}")
-    return f"crops sized relative to each cell ({relative}): no physical crop size is known for the training data"
+    return (f"crops sized relative to each cell ({relative}): the spec has no physical crop size (training data "
+            "of unknown scale, or a bundle adapted with crop = \"cell\")")
 
 
 def background_colour(image_bgr: np.ndarray) -> tuple[int, int, int]:
