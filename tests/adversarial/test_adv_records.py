@@ -187,7 +187,7 @@ def test_report_rebuilds_every_output_of_a_killed_session_from_its_database(tmp_
 
 def test_report_on_a_folder_without_a_session_is_one_error_line(tmp_path, capsys):
     code, _, err = cli(["report", str(tmp_path)], capsys)
-    assert code == 6 and "cells.db is missing" in err and "Traceback" not in err
+    assert code == 2 and "cells.db is missing" in err and "Traceback" not in err
 
 
 def test_class_names_that_look_like_console_markup_print_literally():
