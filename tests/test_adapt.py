@@ -320,3 +320,11 @@ def test_next_steps_name_the_weak_classes_and_read_the_learning_curve():
     assert "still rising (+7.0 points from 10 to 20" in rising[2]
     flat = next_steps(_report_for_next_steps([0.60, 0.70, 0.71]))
     assert "flat (+1.0 points" in flat[2]
+    # a step smaller than the spread between the curve's seeds reads neither way (BCCD run L: -4.5 vs 7.7)
+    noisy = _report_for_next_steps([0.60, 0.74, 0.70])
+    for p in noisy["learning_curve"]["points"]:
+        if p["per_class"] == 20:
+            p["accuracy"] += 0.04 if p["seed"] else -0.04
+    unclear = next_steps(noisy)[2]
+    assert unclear.startswith("The learning curve cannot tell") and "-4.0 points from 10 to 20" in unclear
+    assert "differ by up to 9.0 points" in unclear and "flat" not in unclear

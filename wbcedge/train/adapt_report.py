@@ -105,7 +105,13 @@ def next_steps(report: dict) -> list[str]:
     if len(groups) >= 2:
         (k0, pts0), (k1, pts1) = list(groups.items())[-2:]
         gain = 100 * (np.mean([p["accuracy"] for p in pts1]) - np.mean([p["accuracy"] for p in pts0]))
-        if gain >= STILL_RISING_PP:
+        # how far one fine-tune's seed moves a point: a step smaller than that says nothing
+        spread = 100 * max(np.ptp([p["accuracy"] for p in pts]) for pts in (pts0, pts1))
+        if spread >= STILL_RISING_PP and spread > abs(gain):
+            steps.append(f"The learning curve cannot tell whether more cells would help: {gain:+.1f} points from {k0} "
+                         f"to {k1} cells per class, but its seeds differ by up to {spread:.1f} points at one size. "
+                         "Run it with more seeds (curve_seeds in --config), or label more cells and compare.")
+        elif gain >= STILL_RISING_PP:
             steps.append(f"The learning curve is still rising ({gain:+.1f} points from {k0} to {k1} cells per "
                          "class): labelling more cells is likely to help.")
         else:
