@@ -45,7 +45,7 @@ def main() -> None:
         if "augment" in overrides:
             overrides["augment"] = {**AdaptConfig().augment, **overrides["augment"]}
         cfg = replace(AdaptConfig(), **overrides)
-        cut = cfg.crop == "cell"   # re-cut every crop so its cell fills the spec's fraction (AdaptConfig.crop)
+        cut = cfg.cell_sized   # re-cut every crop so its cell fills the spec's fraction (AdaptConfig.crop)
         x_unl = unlabelled_inputs(args.unlabelled, spec, cell_sized=cut)
         replay = replay_records(args.run, cfg.replay_per_class, cfg.seed)
         x_rep, y_rep = site_inputs(replay, spec, cut), class_indices(r.label for r in replay)

@@ -8,6 +8,7 @@ import typer
 
 from wbcedge.cli import app
 from wbcedge.cli.common import JSON_OPTION, console, err_console, examples, fail, write_json
+from wbcedge.data.manifest import SPLITS
 from wbcedge.errors import InputFileMissingError
 
 
@@ -33,8 +34,8 @@ def evaluate_cmd(
         return _evaluate_frames(frames, model, json_path)
     if model is None or data is None:
         fail("give MODEL and --data (a manifest or a class-folder tree), or --frames DIR for the locator")
-    if split not in ("train", "val", "test"):
-        fail(f"--split {split!r}: a manifest's splits are train, val and test")
+    if split not in SPLITS:
+        fail(f"--split {split!r}: a manifest's splits are {', '.join(SPLITS[:-1])} and {SPLITS[-1]}")
     if data.is_dir() and split != "test":
         fail(f"--split {split} applies to a manifest; {data} is a class-folder tree, which is scored whole "
              "(make a manifest with `wbcedge data index` and `wbcedge data split` to score one part)")

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -457,19 +458,19 @@ class LiveSource(FrameSource):
         super().close()
 
 
-class opencv_warnings_hidden:
+@contextmanager
+def opencv_warnings_hidden() -> Iterator[None]:
     """OpenCV's own log at ERROR level inside the block (it prints its WARN lines to stderr itself),
     unless this logger is at DEBUG, where they help to find out why a camera will not open."""
-
-    def __enter__(self) -> None:
-        self._before = None
-        if not log.isEnabledFor(logging.DEBUG):
-            self._before = cv2.utils.logging.getLogLevel()
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-
-    def __exit__(self, *exc) -> None:
-        if self._before is not None:
-            cv2.utils.logging.setLogLevel(self._before)
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    before = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(before)
 
 
 class OpenCVCameraSource(LiveSource):

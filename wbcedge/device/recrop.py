@@ -26,7 +26,7 @@ OpenCV and NumPy only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +104,11 @@ def cell_sized_crops(images_bgr: list[np.ndarray], spec: PreprocessSpec) -> tupl
     scales = [u for u in (estimate_um_per_px([im]) for im in images_bgr) if u]
     um_per_px = float(np.median(scales)) if scales else None
     fractions = [cell_fraction_in_crop(im, um_per_px=um_per_px) for im in images_bgr]
-    found = [f for f in fractions if f is not None]
-    median = float(np.median(found)) if found else spec.cell_fraction
+    found = crop_scale(fractions, spec)   # the set's median fraction, cells found, crops without one
+    median = found.median_fraction or spec.cell_fraction
     factors = [(f if f is not None else median) / spec.cell_fraction for f in fractions]
-    missing = [str(i) for i, f in enumerate(fractions) if f is None]
     crops = [rescale_crop(im, k) for im, k in zip(images_bgr, factors)]
-    return crops, CropScale(median / spec.cell_fraction, median if found else None, len(found), missing)
+    return crops, replace(found, factor=median / spec.cell_fraction)
 
 
 def _scale_of(path: str) -> float | None:

@@ -90,6 +90,11 @@ class AdaptConfig:
     curve_seeds: int = 2
     seed: int = 0
 
+    @property
+    def cell_sized(self) -> bool:
+        """Site crops re-cut to their located cell (`crop = "cell"`)."""
+        return self.crop == "cell"
+
     @classmethod
     def load(cls, path: Path) -> AdaptConfig:
         import tomllib
@@ -298,7 +303,7 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     keras.utils.set_random_seed(cfg.seed)   # before loading: the dropout layers' seeds are drawn then
     predictor = load_run(parent.run_dir)
     model = predictor.keras_model
-    cell_sized = cfg.crop == "cell"
+    cell_sized = cfg.cell_sized
     spec = replace(predictor.spec, crop_um=None) if cell_sized else predictor.spec   # the adapted bundle's
     x_fit, y_fit = site_inputs(plan.fit, spec, cell_sized), class_indices(r.label for r in plan.fit)
     x_val, y_val = site_inputs(plan.val, spec, cell_sized), class_indices(r.label for r in plan.val)
@@ -390,8 +395,8 @@ def soup_members(model, state, plan: SitePlan, spec, site, replay, cfg: AdaptCon
     for k in range(max(1, cfg.soup)):
         if k:
             fit, val = plan_curve_split(plan.fit + plan.val, cfg.val_share, cfg.seed + k)
-            x_fit, y_fit = site_inputs(fit, spec, cfg.crop == "cell"), class_indices(r.label for r in fit)
-            x_val, y_val = site_inputs(val, spec, cfg.crop == "cell"), class_indices(r.label for r in val)
+            x_fit, y_fit = site_inputs(fit, spec, cfg.cell_sized), class_indices(r.label for r in fit)
+            x_val, y_val = site_inputs(val, spec, cfg.cell_sized), class_indices(r.label for r in val)
             progress(f"  member {k + 1}/{cfg.soup}: {len(fit)} to fit, {len(val)} to stop early")
         model.set_weights(state)
         history = fine_tune(model, np.concatenate([x_fit, x_rep]), np.concatenate([y_fit, y_rep]),
@@ -430,8 +435,8 @@ def learning_curve(predictor, state, plan: SitePlan, spec, test, replay, cfg: Ad
             sub = plan_curve_split(chosen, cfg.val_share, 1000 + s)
             progress(f"learning curve: {k or 'all'} per class, seed {s}: {len(sub[0])} fit, {len(sub[1])} val")
             model.set_weights(state)
-            x_f, y_f = site_inputs(sub[0], spec, cfg.crop == "cell"), class_indices(r.label for r in sub[0])
-            x_v, y_v = site_inputs(sub[1], spec, cfg.crop == "cell"), class_indices(r.label for r in sub[1])
+            x_f, y_f = site_inputs(sub[0], spec, cfg.cell_sized), class_indices(r.label for r in sub[0])
+            x_v, y_v = site_inputs(sub[1], spec, cfg.cell_sized), class_indices(r.label for r in sub[1])
             fine_tune(model, np.concatenate([x_f, x_rep]), np.concatenate([y_f, y_rep]),
                       sample_weights(y_f, len(x_rep), cfg.replay_weight), x_v, y_v, cfg, cfg.seed + s, lambda m: None,
                       spec.cell_fraction)
