@@ -24,7 +24,7 @@ import numpy as np
 from wbcedge.labels import class_indices
 from wbcedge.train.adapt import (AdaptConfig, DEFAULT_RUN, _bn_cells, fine_tune_soup, reestimate_batchnorm,
                                  replay_records)
-from wbcedge.train.adapt_site import plan_site, site_inputs, unlabelled_inputs
+from wbcedge.train.adapt_site import plan_site, site_cut, unlabelled_inputs
 from wbcedge.train.bn_adapt import has_batchnorm
 from wbcedge.train.run_folder import load_run
 
@@ -45,27 +45,29 @@ def main() -> None:
         if "augment" in overrides:
             overrides["augment"] = {**AdaptConfig().augment, **overrides["augment"]}
         cfg = replace(AdaptConfig(), **overrides)
-        cut = cfg.cell_sized   # re-cut every crop so its cell fills the spec's fraction (AdaptConfig.crop)
-        x_unl = unlabelled_inputs(args.unlabelled, spec, cell_sized=cut)
         replay = replay_records(args.run, cfg.replay_per_class, cfg.seed)
-        x_rep, y_rep = site_inputs(replay, spec, cut), class_indices(r.label for r in replay)
-        accs, bn_accs, epochs, t0 = [], [], [], time.time()
+        accs, bn_accs, epochs, factors, t0 = [], [], [], [], time.time()
         for split in range(args.splits):
             plan = plan_site(args.data, args.holdout, split, None, cfg.val_share)
-            x_fit, y_fit = site_inputs(plan.fit, spec, cut), class_indices(r.label for r in plan.fit)
-            x_val, y_val = site_inputs(plan.val, spec, cut), class_indices(r.label for r in plan.val)
-            x_test, y_test = site_inputs(plan.test, spec, cut), class_indices(r.label for r in plan.test)
+            cut = site_cut(cfg.crop, spec, plan.fit + plan.val)   # as adapt cuts this split's crops
+            factors.append(cut.recut)
+            x_unl = unlabelled_inputs(args.unlabelled, cut.spec, recut=cut.recut)
+            x_rep, y_rep = cut.parent_cell_inputs(replay), class_indices(r.label for r in replay)
+            x_fit, y_fit = cut.inputs(plan.fit), class_indices(r.label for r in plan.fit)
+            x_val, y_val = cut.inputs(plan.val), class_indices(r.label for r in plan.val)
+            x_test, y_test = cut.inputs(plan.test), class_indices(r.label for r in plan.test)
             model.set_weights(initial)
             if has_batchnorm(model):
                 reestimate_batchnorm(model, _bn_cells(x_fit, x_val, x_unl, cfg), cfg.bn_chunk)
             bn_accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))
-            history = fine_tune_soup(model, model.get_weights(), plan, spec, (x_fit, y_fit, x_val, y_val),
+            history = fine_tune_soup(model, model.get_weights(), plan, cut, (x_fit, y_fit, x_val, y_val),
                                      (x_rep, y_rep), cfg, lambda m: None)
             last = history if cfg.soup <= 1 else history[0]
             epochs.append((len(last), round(last[-1].get("accuracy", float("nan")), 3)))
             accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))
         print(json.dumps({"run": str(args.run), "config": overrides, "dev_accuracy": accs, "mean": float(np.mean(accs)),
-                          "batchnorm_only": bn_accs, "epochs_and_last_train_accuracy": epochs, "seconds": round(time.time() - t0)}),
+                          "batchnorm_only": bn_accs, "epochs_and_last_train_accuracy": epochs,
+                          "recut": factors, "seconds": round(time.time() - t0)}),
               flush=True)
 
 

@@ -157,15 +157,19 @@ def _toml(path: Path, text: str) -> Path:
 
 # ---------------------------------------------------------------- a real adaptation
 
-def _shifted_site(root: Path) -> tuple[Path, Path]:
-    """A "new microscope" made from the shipped PBC samples: channels swapped and blurred,
-    eight distinct views of each sample; two samples per class to learn from, two held out."""
+def _shifted_site(root: Path, looser: float = 1.0, swap: bool = True) -> tuple[Path, Path]:
+    """A "new microscope" made from the shipped PBC samples: channels swapped (`swap`) and blurred,
+    eight distinct views of each sample; two samples per class to learn from, two held out.
+    `looser` > 1: every crop cut that much wider than PBC's (its cells look smaller)."""
+    from wbcedge.evaluation.shifts import looser_crop
     from wbcedge.preprocess import read_image
 
     for c in CLASSES:
         sources = sorted((SAMPLES / c).glob("*.jpg"))
         for k, src in enumerate(sources):
-            image = cv2.GaussianBlur(read_image(src)[:, :, ::-1], (0, 0), 2.0)   # BGR -> RGB: red cells turn blue
+            image = read_image(src)[:, :, ::-1] if swap else read_image(src)     # BGR -> RGB: red cells turn blue
+            image = cv2.GaussianBlur(image, (0, 0), 2.0)
+            image = looser_crop(image, looser) if looser != 1.0 else image
             part = "labelled" if k < 2 else "heldout"
             (root / part / c).mkdir(parents=True, exist_ok=True)
             for v in range(8):
@@ -240,9 +244,13 @@ def test_a_review_export_folder_uses_only_reviewer_labelled_cells(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.train
-def test_cell_sized_crops_give_the_adapted_bundle_a_spec_that_sizes_crops_to_each_cell(tmp_path, default_run):
-    """crop = "cell": the bundle's spec has no crop_um (the runner sizes each crop to its located cell),
-    the parent is still scored on its own crops, and the runner counts with the bundle."""
+@pytest.mark.parametrize("crop", ["cell", "site"])
+def test_re_cut_crops_give_the_adapted_bundle_a_spec_that_cuts_the_sites_cells_the_same_way(tmp_path, default_run,
+                                                                                             crop):
+    """crop = "cell": the bundle's spec has no crop_um (the runner sizes each crop to its located cell);
+    crop = "site" (the site's crops 1.4x looser than PBC's): one factor, and the bundle's physical
+    crop shrinks by it. Either way the parent is still scored on its own crops, and the runner counts
+    with the bundle."""
     pytest.importorskip("tensorflow")
     from typer.testing import CliRunner
 
@@ -250,13 +258,19 @@ def test_cell_sized_crops_give_the_adapted_bundle_a_spec_that_sizes_crops_to_eac
     from wbcedge.cli import app
     from wbcedge.train.adapt import AdaptConfig, adapt
 
-    labelled, heldout = _shifted_site(tmp_path / "site")
+    # (the locator finds no cell in channel-swapped crops: the site's scale is measured on its true colours)
+    labelled, heldout = _shifted_site(tmp_path / "site", looser=1.4, swap=False)
     cfg = AdaptConfig(epochs=4, min_epochs=4, replay_per_class=2, formats=("tflite",), forgetting=False, calib=60,
-                      soup=1, crop="cell", min_accuracy=0.0, min_class_recall=0.0)
+                      soup=1, crop=crop, min_accuracy=0.0, min_class_recall=0.0)
     report = adapt(default_run, labelled, tmp_path / "bundle", cfg, test=heldout, progress=lambda m: None)
-    bundle = load_bundle(tmp_path / "bundle", verify=False)
-    assert bundle.spec.crop_um is None and load_bundle().spec.crop_um is not None
-    assert report["config"]["crop"] == "cell" and report["held_out"]["parent"]["n"] == 80
+    spec, parent_spec = load_bundle(tmp_path / "bundle", verify=False).spec, load_bundle().spec
+    recut = report["site"]["crop"]["recut"]
+    if crop == "cell":
+        assert spec.crop_um is None and parent_spec.crop_um is not None and recut == "cell"
+    else:
+        assert 0.55 < recut < 0.85, report["site"]["crop"]
+        assert spec.crop_um == pytest.approx(parent_spec.crop_um * recut, abs=0.01)
+    assert report["config"]["crop"] == crop and report["held_out"]["parent"]["n"] == 80
     if report["deployable"]:   # better than the parent after these few epochs (the usual case here)
         res = CliRunner().invoke(app, ["run", "--bundle", str(tmp_path / "bundle"), "--out", str(tmp_path / "s")])
         assert res.exit_code == 0, res.output
@@ -269,7 +283,7 @@ def test_a_soup_is_the_average_of_fine_tunes_on_differently_drawn_validation_cel
     pytest.importorskip("tensorflow")
     from wbcedge.labels import class_indices
     from wbcedge.train.adapt import AdaptConfig, fine_tune_soup, soup_members
-    from wbcedge.train.adapt_site import plan_site, site_inputs
+    from wbcedge.train.adapt_site import SiteCut, plan_site, site_inputs
     from wbcedge.train.interpolate import average_weights
     from wbcedge.train.run_folder import load_run
 
@@ -280,12 +294,12 @@ def test_a_soup_is_the_average_of_fine_tunes_on_differently_drawn_validation_cel
     site = (site_inputs(plan.fit, spec), class_indices(r.label for r in plan.fit),
             site_inputs(plan.val, spec), class_indices(r.label for r in plan.val))
     no_replay = (np.zeros((0, *site[0].shape[1:]), np.uint8), np.zeros(0, np.int64))
-    cfg = AdaptConfig(epochs=1, patience=1, min_epochs=0, replay_per_class=0, soup=2)
-    state = model.get_weights()
-    members = [w for w, _ in soup_members(model, state, plan, spec, site, no_replay, cfg, lambda m: None)]
+    cfg = AdaptConfig(epochs=1, patience=1, min_epochs=0, replay_per_class=0, soup=2, crop="parent")
+    state, cut = model.get_weights(), SiteCut(spec)   # crops as given
+    members = [w for w, _ in soup_members(model, state, plan, cut, site, no_replay, cfg, lambda m: None)]
     assert len(members) == 2
     assert max(float(np.abs(a - b).max()) for a, b in zip(*members)) > 1e-4  # two different fine-tunes
-    histories = fine_tune_soup(model, state, plan, spec, site, no_replay, cfg, lambda m: None)
+    histories = fine_tune_soup(model, state, plan, cut, site, no_replay, cfg, lambda m: None)
     assert len(histories) == 2
     for got, want in zip(model.get_weights(), average_weights(members)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # each member depends on its seed only

@@ -83,6 +83,32 @@ def test_cell_sized_crops_bring_every_cell_to_the_trained_fraction_whatever_its_
     assert np.nanmedian(as_given[0::2]) > 1.5 * np.nanmedian(as_given[1::2])
 
 
+def test_a_site_cut_looser_than_training_gets_one_factor_its_bundle_and_its_held_out_cells_share(tmp_path) -> None:
+    """`adapt --config` crop = "site": the factor is measured on the labelled crops it is given, every
+    crop (held-out ones too) is re-cut by it, the bundle's physical crop shrinks by it, and the
+    size differences between cells survive (unlike crop = "cell")."""
+    from wbcedge.data.manifest import Record
+    from wbcedge.train.adapt_site import site_cut
+
+    spec = replace(SPEC, crop_um=SPEC.crop_um or 14.0)
+    paths = _write(tmp_path / "loose", [looser_crop(read_image(p), 1.5) for p in CROPS])
+    rows = [Record(str(p), "neutrophil", "", 0, 0, "train") for p in paths]
+    cut = site_cut("site", spec, rows[::2])                    # measured on half of them
+    assert 0.55 < cut.recut < 0.8 and cut.median_fraction < 0.8 * spec.cell_fraction
+    assert cut.spec.crop_um == pytest.approx(spec.crop_um * cut.recut, abs=0.01)
+    sizes = _cell_px(cut.inputs(rows[1::2]))                  # the other half, re-cut by the same factor
+    as_given = _cell_px(np.stack([to_model_input(read_image(p), spec) for p in paths[1::2]]))
+    target = spec.cell_fraction * spec.input_size
+    assert abs(np.nanmedian(sizes) - target) < 0.5 * abs(np.nanmedian(as_given) - target)
+    ok = np.isfinite(sizes) & np.isfinite(as_given)
+    assert np.corrcoef(sizes[ok], as_given[ok])[0, 1] > 0.8  # one factor: the order of sizes is kept
+    # the parent's own crops are as given, and "parent" / an in-range site change nothing
+    assert cut.parent_cell_inputs(rows[:1]).shape == (1, spec.input_size, spec.input_size, 3)
+    assert site_cut("parent", spec, rows).recut is None
+    given = [Record(str(p), "neutrophil", "", 0, 0, "train") for p in CROPS]
+    assert site_cut("site", spec, given).spec == spec
+
+
 def test_training_crops_are_used_as_given(tmp_path: Path) -> None:
     _, scale = load_cell_inputs(CROPS, SPEC, workers=1)
     assert scale.factor == 1.0 and scale.no_cell == []

@@ -101,14 +101,20 @@ def cell_sized_crops(images_bgr: list[np.ndarray], spec: PreprocessSpec) -> tupl
     `CropScale.factor` is that median."""
     if not images_bgr:
         return [], CropScale(1.0, None, 0, [])
-    scales = [u for u in (estimate_um_per_px([im]) for im in images_bgr) if u]
-    um_per_px = float(np.median(scales)) if scales else None
-    fractions = [cell_fraction_in_crop(im, um_per_px=um_per_px) for im in images_bgr]
+    fractions = located_fractions(images_bgr)
     found = crop_scale(fractions, spec)   # the set's median fraction, cells found, crops without one
     median = found.median_fraction or spec.cell_fraction
     factors = [(f if f is not None else median) / spec.cell_fraction for f in fractions]
     crops = [rescale_crop(im, k) for im, k in zip(images_bgr, factors)]
     return crops, replace(found, factor=median / spec.cell_fraction)
+
+
+def located_fractions(images_bgr: list[np.ndarray]) -> list[float | None]:
+    """Each crop's located cell fraction (`cell_fraction_in_crop`), all segmented at the set's
+    median red-cell scale (one source, one magnification)."""
+    scales = [u for u in (estimate_um_per_px([im]) for im in images_bgr) if u]
+    um_per_px = float(np.median(scales)) if scales else None
+    return [cell_fraction_in_crop(im, um_per_px=um_per_px) for im in images_bgr]
 
 
 def _scale_of(path: str) -> float | None:

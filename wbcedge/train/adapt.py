@@ -31,16 +31,21 @@ from wbcedge.data.manifest import write_manifest as write_data_manifest
 from wbcedge.errors import InputDataError, OutputFolderError
 from wbcedge.labels import CLASSES, class_indices
 from wbcedge.provenance import file_sha256 as sha256_of
-from wbcedge.train.adapt_site import SitePlan, plan_site, site_inputs, unlabelled_inputs
+from wbcedge.train.adapt_site import (
+    CROP_POLICIES,
+    SiteCut,
+    SitePlan,
+    plan_site,
+    site_cut,
+    site_inputs,
+    unlabelled_inputs,
+)
 from wbcedge.train.bn_adapt import has_batchnorm, reestimate_batchnorm
 from wbcedge.train.interpolate import average_weights
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULT_RUN = Path(__file__).resolve().parents[2] / "training" / "runs" / "robust-edge-step1-wise"  # the built-in bundle's
-
-
-CROP_POLICIES = ("parent", "cell")
 
 
 @dataclass
@@ -79,7 +84,9 @@ class AdaptConfig:
     formats: tuple[str, ...] = ("tflite", "onnx")
     # "cell": every crop is sized to its own located cell (the bundle's spec loses crop_um, so the
     # runner sizes each crop to the located cell's box) and the site's crops are re-cut that way
-    # first (`recrop.cell_sized_crops`). "parent": the parent's crop policy, the site's crops as given.
+    # first (`recrop.cell_sized_crops`). "site": one re-cut factor for all the site's crops, measured
+    # on its fit and validation cells (the bundle's crop_um x that factor; `adapt_site.site_cut`).
+    # "parent": the parent's crop policy, the site's crops as given.
     # Chosen on BCCD's labelled cells only (benchmarks/adapt_dev.py, 6 splits of 20 dev cells, crops
     # as a session records them): 78.3% against 66.7%, never worse on a split. It gives up the size
     # cue between cell types, which the fine-tuning on the site's cells has to learn back.
@@ -89,11 +96,6 @@ class AdaptConfig:
     curve_sizes: tuple[int, ...] = (5, 10, 20, 0)   # labelled cells per class; 0 = all
     curve_seeds: int = 2
     seed: int = 0
-
-    @property
-    def cell_sized(self) -> bool:
-        """Site crops re-cut to their located cell (`crop = "cell"`)."""
-        return self.crop == "cell"
 
     @classmethod
     def load(cls, path: Path) -> AdaptConfig:
@@ -303,17 +305,19 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     keras.utils.set_random_seed(cfg.seed)   # before loading: the dropout layers' seeds are drawn then
     predictor = load_run(parent.run_dir)
     model = predictor.keras_model
-    cell_sized = cfg.cell_sized
-    spec = replace(predictor.spec, crop_um=None) if cell_sized else predictor.spec   # the adapted bundle's
-    x_fit, y_fit = site_inputs(plan.fit, spec, cell_sized), class_indices(r.label for r in plan.fit)
-    x_val, y_val = site_inputs(plan.val, spec, cell_sized), class_indices(r.label for r in plan.val)
-    x_test, y_test = site_inputs(plan.test, spec, cell_sized), class_indices(r.label for r in plan.test)
-    x_unl = unlabelled_inputs(unlabelled, spec, limit=cfg.bn_max_cells, seed=cfg.seed, cell_sized=cell_sized)
+    cut = site_cut(cfg.crop, predictor.spec, plan.fit + plan.val)
+    spec = cut.spec   # the adapted bundle's
+    if cfg.crop == "site":
+        progress(site_cut_line(cut, predictor.spec))
+    x_fit, y_fit = cut.inputs(plan.fit), class_indices(r.label for r in plan.fit)
+    x_val, y_val = cut.inputs(plan.val), class_indices(r.label for r in plan.val)
+    x_test, y_test = cut.inputs(plan.test), class_indices(r.label for r in plan.test)
+    x_unl = unlabelled_inputs(unlabelled, spec, limit=cfg.bn_max_cells, seed=cfg.seed, recut=cut.recut)
     replay = replay_records(parent.run_dir, cfg.replay_per_class, cfg.seed)
-    x_rep, y_rep = site_inputs(replay, spec, cell_sized), class_indices(r.label for r in replay)
+    x_rep, y_rep = cut.parent_cell_inputs(replay), class_indices(r.label for r in replay)
 
     # the parent as a lab has it: its own crops of the held-out cells
-    x_parent = site_inputs(plan.test, predictor.spec) if cell_sized else x_test
+    x_parent = site_inputs(plan.test, predictor.spec) if cut.recut else x_test
     stages = {"parent": predictor.predict_many(x_parent)}
     if has_batchnorm(model):
         bn_cells = _bn_cells(x_fit, x_val, x_unl, cfg)
@@ -327,12 +331,12 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
 
     progress(f"step 2/4: fine-tuning on {len(x_fit)} site cells + {len(x_rep)} replayed parent cells, "
              f"early stopping on {len(x_val)}" + (f"; {cfg.soup} fine-tunes averaged" if cfg.soup > 1 else ""))
-    history = fine_tune_soup(model, state, plan, spec, (x_fit, y_fit, x_val, y_val), (x_rep, y_rep), cfg, progress)
+    history = fine_tune_soup(model, state, plan, cut, (x_fit, y_fit, x_val, y_val), (x_rep, y_rep), cfg, progress)
     stages["adapted_float"] = predictor.predict_many(x_test)
 
     curve = None
     if cfg.curve:
-        curve = learning_curve(predictor, state, plan, spec, (x_test, y_test), (x_rep, y_rep), cfg, progress)
+        curve = learning_curve(predictor, state, plan, cut, (x_test, y_test), (x_rep, y_rep), cfg, progress)
 
     formats = " + ".join({"tflite": "TFLite", "onnx": "ONNX"}.get(f, f) for f in cfg.formats)
     progress(f"step 3/4: export int8 {formats} through the accuracy gate on the held-out site cells")
@@ -345,7 +349,7 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
 
     progress("step 4/4: " + ("forgetting on the parent's own test set, " if cfg.forgetting else "")
              + "report and bundle manifest")
-    forgetting = (_forgetting(parent.run_dir, predictor, out / bundle.manifest["default_model"], progress, cell_sized)
+    forgetting = (_forgetting(parent.run_dir, predictor, out / bundle.manifest["default_model"], progress, cut)
                   if cfg.forgetting else None)
     results = held_out_results(y_test, stages, list(bundle.classes))
     better = results["adapted_int8"]["accuracy"] > results["parent"]["accuracy"]
@@ -355,7 +359,9 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
         "site": {"data": str(data), "test": str(test) if test else None, "unlabelled": str(unlabelled) if unlabelled else None,
                  "data_sha256": plan.data_sha256(), "counts": plan.counts(), "adapted": plan.adapted,
                  "not_adapted": plan.not_adapted, "unlabelled_cells": len(x_unl),
-                 "replayed_parent_cells": len(x_rep), "held_out_given_separately": plan.test_given},
+                 "replayed_parent_cells": len(x_rep), "held_out_given_separately": plan.test_given,
+                 "crop": {"policy": cfg.crop, "recut": cut.recut, "median_fraction": cut.median_fraction,
+                          "crop_um": spec.crop_um}},
         "config": {k: v for k, v in asdict(cfg).items()},
         "held_out": results, "better_than_parent": bool(better),
         "export_gate": {"failures": export_report["failures"], "budget": export_report["budget"]},
@@ -378,30 +384,43 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     return report
 
 
-def fine_tune_soup(model, state, plan: SitePlan, spec, site, replay, cfg: AdaptConfig, progress) -> list:
+def site_cut_line(cut: SiteCut, parent_spec) -> str:
+    """What crop = "site" did, for the progress log."""
+    if cut.median_fraction is None:
+        return ("crops: no cell located in the site's fit and validation crops, so no site factor: crops used as "
+                "given (check that they show single white cells)")
+    measured = (f"crops: the site's cells fill {cut.median_fraction:.2f} of their crops (median of the fit and "
+                f"validation cells), the model's {parent_spec.cell_fraction:.2f}")
+    if cut.recut is None:
+        return measured + ": within the trained range, crops used as given"
+    return (measured + f": every site crop re-cut x{cut.recut:.2f}, the bundle's crops {cut.spec.crop_um:g} um wide "
+            f"(the parent's {parent_spec.crop_um:g})")
+
+
+def fine_tune_soup(model, state, plan: SitePlan, cut: SiteCut, site, replay, cfg: AdaptConfig, progress) -> list:
     """Fine-tune `model` from `state` (`cfg.soup` times, weights averaged); returns the history
     (one run's, or a list of each member's)."""
-    members = list(soup_members(model, state, plan, spec, site, replay, cfg, progress))
+    members = list(soup_members(model, state, plan, cut, site, replay, cfg, progress))
     if len(members) == 1:
         return members[0][1]
     model.set_weights(average_weights([w for w, _ in members]))
     return [h for _, h in members]
 
 
-def soup_members(model, state, plan: SitePlan, spec, site, replay, cfg: AdaptConfig, progress):
+def soup_members(model, state, plan: SitePlan, cut: SiteCut, site, replay, cfg: AdaptConfig, progress):
     """Yield (weights, history) of each fine-tune: the first on the plan's own fit/validation cells,
     member k on validation cells drawn anew (seed + k) from the non-held-out ones."""
     (x_fit, y_fit, x_val, y_val), (x_rep, y_rep) = site, replay
     for k in range(max(1, cfg.soup)):
         if k:
             fit, val = plan_curve_split(plan.fit + plan.val, cfg.val_share, cfg.seed + k)
-            x_fit, y_fit = site_inputs(fit, spec, cfg.cell_sized), class_indices(r.label for r in fit)
-            x_val, y_val = site_inputs(val, spec, cfg.cell_sized), class_indices(r.label for r in val)
+            x_fit, y_fit = cut.inputs(fit), class_indices(r.label for r in fit)
+            x_val, y_val = cut.inputs(val), class_indices(r.label for r in val)
             progress(f"  member {k + 1}/{cfg.soup}: {len(fit)} to fit, {len(val)} to stop early")
         model.set_weights(state)
         history = fine_tune(model, np.concatenate([x_fit, x_rep]), np.concatenate([y_fit, y_rep]),
                             sample_weights(y_fit, len(x_rep), cfg.replay_weight), x_val, y_val, cfg,
-                            cfg.seed + k, progress, spec.cell_fraction)
+                            cfg.seed + k, progress, cut.spec.cell_fraction)
         yield model.get_weights(), history
 
 
@@ -412,7 +431,7 @@ def _bn_cells(x_fit, x_val, x_unl, cfg: AdaptConfig) -> np.ndarray:
     return cells
 
 
-def learning_curve(predictor, state, plan: SitePlan, spec, test, replay, cfg: AdaptConfig, progress) -> dict:
+def learning_curve(predictor, state, plan: SitePlan, cut: SiteCut, test, replay, cfg: AdaptConfig, progress) -> dict:
     """Held-out accuracy after adapting on k labelled cells per class (several seeds), from the
     BatchNorm-re-estimated model; BatchNorm statistics are not re-estimated per point."""
     x_test, y_test = test
@@ -435,11 +454,11 @@ def learning_curve(predictor, state, plan: SitePlan, spec, test, replay, cfg: Ad
             sub = plan_curve_split(chosen, cfg.val_share, 1000 + s)
             progress(f"learning curve: {k or 'all'} per class, seed {s}: {len(sub[0])} fit, {len(sub[1])} val")
             model.set_weights(state)
-            x_f, y_f = site_inputs(sub[0], spec, cfg.cell_sized), class_indices(r.label for r in sub[0])
-            x_v, y_v = site_inputs(sub[1], spec, cfg.cell_sized), class_indices(r.label for r in sub[1])
+            x_f, y_f = cut.inputs(sub[0]), class_indices(r.label for r in sub[0])
+            x_v, y_v = cut.inputs(sub[1]), class_indices(r.label for r in sub[1])
             fine_tune(model, np.concatenate([x_f, x_rep]), np.concatenate([y_f, y_rep]),
                       sample_weights(y_f, len(x_rep), cfg.replay_weight), x_v, y_v, cfg, cfg.seed + s, lambda m: None,
-                      spec.cell_fraction)
+                      cut.spec.cell_fraction)
             acc = float((predictor.predict_many(x_test).argmax(1) == y_test).mean())
             points.append({"per_class": k or "all", "cells": len(chosen), "seed": s, "accuracy": acc})
     model.set_weights(final)
@@ -547,8 +566,9 @@ def calibration_inputs(site: np.ndarray, replay: np.ndarray, n: int) -> np.ndarr
     return np.ascontiguousarray(np.concatenate([*views, replay])[:max(n, 1)])
 
 
-def _forgetting(run_dir: Path, predictor, int8_file: Path, progress, cell_sized: bool = False) -> dict | None:
-    """Accuracy on the parent's own test split, parent vs adapted (None when its images are absent)."""
+def _forgetting(run_dir: Path, predictor, int8_file: Path, progress, cut: SiteCut) -> dict | None:
+    """Accuracy on the parent's own test split, parent vs adapted (None when its images are absent);
+    the adapted model sees them cut as its bundle's runner would cut that microscope's cells."""
     from wbcedge.device.runtime import Classifier
     from wbcedge.evaluation.metrics import proportion_ci
     from wbcedge.train.export import _resolve_manifest
@@ -563,7 +583,7 @@ def _forgetting(run_dir: Path, predictor, int8_file: Path, progress, cell_sized:
         progress("  the parent's test images are not here: forgetting not measured")
         return None
     x, y = site_inputs(test, predictor.spec), class_indices(r.label for r in test)
-    x_adapted = site_inputs(test, predictor.spec, cell_sized=True) if cell_sized else x   # as its runner cuts them
+    x_adapted = cut.inputs(test) if cut.recut else x
     out = {"manifest": str(manifest), "images": len(y)}
     for name, probs in (("parent", load_run(run_dir).predict_many(x)),
                         ("adapted_float", predictor.predict_many(x_adapted)),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -191,29 +191,78 @@ def _check_held_out(held: list[Record], groups: dict, have: int) -> None:
 
 # ---------------------------------------------------------------- model inputs
 
-def site_inputs(records: list[Record], spec: PreprocessSpec, cell_sized: bool = False) -> np.ndarray:
+CROP_POLICIES = ("parent", "cell", "site")
+"""How adapt cuts the site's cells (`AdaptConfig.crop`): the parent's policy with the crops as
+given; each crop re-cut to its own located cell; or one re-cut factor for the whole site."""
+
+
+@dataclass(frozen=True)
+class SiteCut:
+    """How the site's crops become the adapted model's inputs, and the spec its bundle gets.
+
+    `recut`: None (crops as given), "cell" (each crop re-cut so its own located cell fills the
+    spec's cell_fraction; the spec has no crop_um, so the runner sizes crops to each cell alike),
+    or one factor for every crop (side x factor about its centre; the spec's crop_um x factor, so
+    the runner cuts the site's frames the same way)."""
+    spec: PreprocessSpec
+    recut: float | str | None = None
+    median_fraction: float | None = None   # "site": the site's median located fraction before the re-cut
+
+    def inputs(self, records: list[Record]) -> np.ndarray:
+        return site_inputs(records, self.spec, self.recut)
+
+    def parent_cell_inputs(self, records: list[Record]) -> np.ndarray:
+        """The parent's own training cells (replayed): re-cut to each cell under "cell"; otherwise as
+        given, since their cells already fill the spec's fraction (a site factor is the site's)."""
+        return site_inputs(records, self.spec, "cell" if self.recut == "cell" else None)
+
+
+def site_cut(policy: str, parent_spec: PreprocessSpec, labelled: list[Record]) -> SiteCut:
+    """The `SiteCut` of a crop policy. "site" measures the located cell fraction of the labelled
+    crops it is given (the fit and validation cells: never the held-out ones) and re-cuts every
+    site crop by the one factor that brings its median to the spec's cell_fraction, keeping the
+    size differences between cells (`recrop.crop_scale`; a site already within its trained range,
+    or a parent without physical crops, is cut as given)."""
+    from wbcedge.device.recrop import crop_scale, located_fractions
+
+    if policy == "cell":
+        return SiteCut(replace(parent_spec, crop_um=None), "cell")
+    if policy != "site" or not parent_spec.crop_um or not labelled:
+        return SiteCut(parent_spec)
+    scale = crop_scale(located_fractions([read_image(Path(r.path)) for r in labelled]), parent_spec)
+    if scale.factor == 1.0:
+        return SiteCut(parent_spec, None, scale.median_fraction)
+    return SiteCut(replace(parent_spec, crop_um=round(parent_spec.crop_um * scale.factor, 2)),
+                   scale.factor, scale.median_fraction)
+
+
+def site_inputs(records: list[Record], spec: PreprocessSpec, recut: float | str | None = None) -> np.ndarray:
     """Model inputs of labelled crops, through the spec's own preprocessing (in this process:
-    a few hundred small crops, and no fork of a process that has TensorFlow loaded). `cell_sized`:
-    each crop first re-cut so its cell fills the spec's cell_fraction (`recrop.cell_sized_crops`)."""
+    a few hundred small crops, and no fork of a process that has TensorFlow loaded), re-cut
+    first as `SiteCut.recut` says."""
     if not records:
         return np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
-    return model_inputs([read_image(Path(r.path)) for r in records], spec, cell_sized)
+    return model_inputs([read_image(Path(r.path)) for r in records], spec, recut)
 
 
-def model_inputs(crops_bgr: list[np.ndarray], spec: PreprocessSpec, cell_sized: bool = False) -> np.ndarray:
-    if cell_sized:
-        from wbcedge.device.recrop import cell_sized_crops
+def model_inputs(crops_bgr: list[np.ndarray], spec: PreprocessSpec, recut: float | str | None = None) -> np.ndarray:
+    from wbcedge.device.recrop import cell_sized_crops, rescale_crop
+
+    if recut == "cell":
         crops_bgr = cell_sized_crops(crops_bgr, spec)[0]
+    elif recut:
+        crops_bgr = [rescale_crop(c, float(recut)) for c in crops_bgr]
     return np.stack([to_model_input(c, spec) for c in crops_bgr])
 
 
 def unlabelled_inputs(source: Path | None, spec: PreprocessSpec, limit: int = 0, seed: int = 0,
-                      cell_sized: bool = False) -> np.ndarray:
+                      recut: float | str | None = None) -> np.ndarray:
     """Model inputs of a folder of unlabelled site images (searched recursively).
 
     Frames (shorter side >= FRAME_MIN_SIDE) are cut into cells by the locator and the
     spec's crop policy, exactly as `wbcedge run` cuts them; smaller images are crops.
-    `limit` > 0 keeps that many images, drawn with `seed`. `cell_sized`: crops re-cut as in `site_inputs`.
+    `limit` > 0 keeps that many images, drawn with `seed`. `recut`: crops re-cut as in `site_inputs`
+    (frames are cut by the spec, which a `SiteCut` has already changed).
     """
     empty = np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
     if source is None:
@@ -235,7 +284,7 @@ def unlabelled_inputs(source: Path | None, spec: PreprocessSpec, limit: int = 0,
         else:
             crops.append(image)
     if crops:
-        out += list(model_inputs(crops, spec, cell_sized))
+        out += list(model_inputs(crops, spec, recut))
     return np.stack(out) if out else empty
 
 
