@@ -29,6 +29,11 @@ from wbcedge.train.bn_adapt import has_batchnorm
 from wbcedge.train.run_folder import load_run
 
 
+def dihedral_views(x: np.ndarray) -> list[np.ndarray]:
+    """The 8 quarter turns and mirror images of a batch of NHWC images."""
+    return [np.rot90(m, k, axes=(1, 2)) for m in (x, x[:, :, ::-1]) for k in range(4)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
@@ -37,6 +42,8 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=2)
     ap.add_argument("--holdout", type=float, default=0.3)
     ap.add_argument("--run", type=Path, default=DEFAULT_RUN, help="the parent run folder (default: the built-in model's)")
+    ap.add_argument("--views", action="store_true",
+                    help="also score each model on the mean of its probabilities over the 8 turned/mirrored views")
     args = ap.parse_args()
     predictor = load_run(args.run)
     model, spec = predictor.keras_model, predictor.spec
@@ -46,10 +53,10 @@ def main() -> None:
             overrides["augment"] = {**AdaptConfig().augment, **overrides["augment"]}
         cfg = replace(AdaptConfig(), **overrides)
         replay = replay_records(args.run, cfg.replay_per_class, cfg.seed)
-        accs, bn_accs, epochs, factors, t0 = [], [], [], [], time.time()
+        accs, bn_accs, epochs, factors, view_accs, t0 = [], [], [], [], [], time.time()
         for split in range(args.splits):
             plan = plan_site(args.data, args.holdout, split, None, cfg.val_share)
-            cut = site_cut(cfg.crop, spec, plan.fit + plan.val)   # as adapt cuts this split's crops
+            cut = site_cut(cfg.crop, spec, plan.fit + plan.val, cfg.cell_fraction)   # as adapt cuts this split's crops
             factors.append(cut.recut)
             x_unl = unlabelled_inputs(args.unlabelled, cut.spec, recut=cut.recut)
             x_rep, y_rep = cut.parent_cell_inputs(replay), class_indices(r.label for r in replay)
@@ -65,9 +72,12 @@ def main() -> None:
             last = history if cfg.soup <= 1 else history[0]
             epochs.append((len(last), round(last[-1].get("accuracy", float("nan")), 3)))
             accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))
+            if args.views:   # the same model, its probabilities averaged over the cell's turned and mirrored views
+                probs = np.mean([predictor.predict_many(np.ascontiguousarray(v)) for v in dihedral_views(x_test)], axis=0)
+                view_accs.append(float((probs.argmax(1) == y_test).mean()))
         print(json.dumps({"run": str(args.run), "config": overrides, "dev_accuracy": accs, "mean": float(np.mean(accs)),
                           "batchnorm_only": bn_accs, "epochs_and_last_train_accuracy": epochs,
-                          "recut": factors, "seconds": round(time.time() - t0)}),
+                          "recut": factors, **({"eight_views": view_accs} if args.views else {}), "seconds": round(time.time() - t0)}),
               flush=True)
 
 

@@ -342,3 +342,16 @@ def test_next_steps_name_the_weak_classes_and_read_the_learning_curve():
     unclear = next_steps(noisy)[2]
     assert unclear.startswith("The learning curve cannot tell") and "-4.0 points from 10 to 20" in unclear
     assert "differ by up to 9.0 points" in unclear and "flat" not in unclear
+
+
+def test_the_report_gives_the_held_out_cells_differential_as_labelled_and_as_each_model_counts_it():
+    """Half the 20 eosinophils called neutrophils: the adapted count has 10 eosinophils too few and 10
+    neutrophils too many (10 of 53 cells: 18.9 points); the parent calls everything a monocyte."""
+    pytest.importorskip("sklearn", reason="the held-out results use the report extra (scikit-learn)")
+    d = _report_for_next_steps([0.6, 0.7, 0.8])["held_out"]["differential"]
+    assert d["true"]["eosinophil"] == pytest.approx(20 / 53) and d["true"]["monocyte"] == pytest.approx(10 / 53)
+    assert d["adapted_int8"]["eosinophil"] == pytest.approx(10 / 53)
+    assert d["adapted_int8"]["neutrophil"] == pytest.approx(30 / 53)
+    assert d["adapted_int8_max_error_pp"] == pytest.approx(100 * 10 / 53)
+    assert d["parent"]["monocyte"] == 1.0 and d["parent_max_error_pp"] == pytest.approx(100 * 43 / 53)
+    assert sum(d["adapted_int8"].values()) == pytest.approx(1.0) and sum(d["true"].values()) == pytest.approx(1.0)

@@ -76,4 +76,8 @@ def _table(report: dict) -> Table:
         table.add_row(label, f"{100 * held[key]['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
     m = held["mcnemar_parent_vs_adapted"]
     table.caption = f"McNemar parent vs adapted: p = {m['p_value']:.3g} ({m['better']})"
+    d = held.get("differential")
+    if d:
+        table.caption += (f"\ndifferential count of these cells, largest error: parent {d['parent_max_error_pp']:.1f} "
+                          f"points, adapted {d['adapted_int8_max_error_pp']:.1f} (adapt-report.md)")
     return table

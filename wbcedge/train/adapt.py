@@ -91,6 +91,9 @@ class AdaptConfig:
     # as a session records them): 78.3% against 66.7%, never worse on a split. It gives up the size
     # cue between cell types, which the fine-tuning on the site's cells has to learn back.
     crop: str = "cell"
+    # crop = "cell" only: the share of the crop side each located cell is made to fill (None: the
+    # parent's spec.cell_fraction, 0.44 for the built-in model); the adapted bundle's spec keeps it.
+    cell_fraction: float | None = None
     forgetting: bool = True           # score the parent's own test set (when its images are here)
     curve: bool = False               # learning curve (costs one fine-tuning per point)
     curve_sizes: tuple[int, ...] = (5, 10, 20, 0)   # labelled cells per class; 0 = all
@@ -113,8 +116,12 @@ class AdaptConfig:
         for key in ("curve_sizes", "formats"):
             if key in data:
                 data[key] = tuple(data[key])
-        if data.get("crop", "parent") not in CROP_POLICIES:
+        if data.get("crop", "cell") not in CROP_POLICIES:
             raise InputDataError(f"{path}: crop = {data['crop']!r}; choose one of {', '.join(CROP_POLICIES)}")
+        fraction = data.get("cell_fraction")
+        if fraction is not None and (data.get("crop", "cell") != "cell" or not 0.2 <= fraction <= 0.9):
+            raise InputDataError(f"{path}: cell_fraction = {fraction!r}; it sizes cell-sized crops (crop = \"cell\", "
+                                 "the default) and must be a share of the crop side from 0.2 to 0.9")
         return cls(**data)
 
 
@@ -305,7 +312,7 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     keras.utils.set_random_seed(cfg.seed)   # before loading: the dropout layers' seeds are drawn then
     predictor = load_run(parent.run_dir)
     model = predictor.keras_model
-    cut = site_cut(cfg.crop, predictor.spec, plan.fit + plan.val)
+    cut = site_cut(cfg.crop, predictor.spec, plan.fit + plan.val, cfg.cell_fraction)
     spec = cut.spec   # the adapted bundle's
     if cfg.crop == "site":
         progress(site_cut_line(cut, predictor.spec))

@@ -22,6 +22,20 @@ def held_out_results(y_test: np.ndarray, stages: dict[str, np.ndarray], classes:
     out = {name: classification_results(y_test, probs, classes) for name, probs in stages.items()}
     out["mcnemar_parent_vs_adapted"] = mcnemar(y_test, stages["parent"], stages["adapted_int8"],
                                                names=("parent", "adapted"))
+    out["differential"] = held_out_differential(y_test, {k: stages[k] for k in ("parent", "adapted_int8")}, classes)
+    return out
+
+
+def held_out_differential(y_test: np.ndarray, stages: dict[str, np.ndarray], classes: list[str]) -> dict:
+    """The differential count (share of each class) of the held-out cells as labelled ("true") and as
+    each model calls them, and each model's largest error in points: what a lab's count of these
+    cells would have been (the threshold for unidentified cells aside)."""
+    n = max(len(y_test), 1)
+    out = {"true": {c: float(np.sum(y_test == i)) / n for i, c in enumerate(classes)}}
+    for name, probs in stages.items():
+        called = probs.argmax(1)
+        out[name] = {c: float(np.sum(called == i)) / n for i, c in enumerate(classes)}
+        out[f"{name}_max_error_pp"] = 100 * max(abs(out[name][c] - out["true"][c]) for c in classes)
     return out
 
 
@@ -59,6 +73,14 @@ def report_markdown(report: dict) -> str:
         p, a = held["parent"]["per_class"][c], held["adapted_int8"]["per_class"][c]
         lines.append(f"| {c} | {counts['fit']} / {counts['val']} / {counts['held_out']} | {_pct(p['recall']) if p['support'] else '-'} "
                      f"({_ci(p['recall_ci95'])}) | {_pct(a['recall']) if a['support'] else '-'} ({_ci(a['recall_ci95'])}) |")
+    d = held.get("differential")
+    if d:
+        lines += ["", "Differential count of the held-out cells (each cell's top class; a mix that the lab capped per "
+                      "class is not its patients' mix):", "",
+                  "| class | labelled | parent | adapted |", "|---|---|---|---|"]
+        lines += [f"| {c} | {_pct(d['true'][c])} | {_pct(d['parent'][c])} | {_pct(d['adapted_int8'][c])} |"
+                  for c in held["parent"]["classes"]]
+        lines += [f"| largest error | | {d['parent_max_error_pp']:.1f} points | {d['adapted_int8_max_error_pp']:.1f} points |"]
     gate = report["export_gate"]
     lines += ["", f"Export gate (int8 against float on the held-out cells; budget {gate['budget']['max_drop_pp']:.2f} "
                   f"points, {gate['budget']['max_class_drop_pp']:.2f} per class): "

@@ -217,16 +217,19 @@ class SiteCut:
         return site_inputs(records, self.spec, "cell" if self.recut == "cell" else None)
 
 
-def site_cut(policy: str, parent_spec: PreprocessSpec, labelled: list[Record]) -> SiteCut:
+def site_cut(policy: str, parent_spec: PreprocessSpec, labelled: list[Record],
+             cell_fraction: float | None = None) -> SiteCut:
     """The `SiteCut` of a crop policy. "site" measures the located cell fraction of the labelled
     crops it is given (the fit and validation cells: never the held-out ones) and re-cuts every
     site crop by the one factor that brings its median to the spec's cell_fraction, keeping the
     size differences between cells (`recrop.crop_scale`; a site already within its trained range,
-    or a parent without physical crops, is cut as given)."""
+    or a parent without physical crops, is cut as given). `cell_fraction` ("cell" only): the share
+    of the side each cell is made to fill, instead of the parent's."""
     from wbcedge.device.recrop import crop_scale, located_fractions
 
     if policy == "cell":
-        return SiteCut(replace(parent_spec, crop_um=None), "cell")
+        return SiteCut(replace(parent_spec, crop_um=None, cell_fraction=cell_fraction or parent_spec.cell_fraction),
+                       "cell")
     if policy != "site" or not parent_spec.crop_um or not labelled:
         return SiteCut(parent_spec)
     scale = crop_scale(located_fractions([read_image(Path(r.path)) for r in labelled]), parent_spec)
