@@ -145,9 +145,24 @@ def test_adapt_refuses_an_out_that_writing_would_destroy_before_any_model_loads(
 def test_a_crop_policy_adapt_does_not_know_is_refused_naming_the_choices(tmp_path):
     from wbcedge.train.adapt import AdaptConfig
 
-    with pytest.raises(InputDataError, match=r"crop = 'box'; choose one of parent, cell"):
+    with pytest.raises(InputDataError, match=r"crop = 'box'; choose one of parent, cell, site"):
         AdaptConfig.load(_toml(tmp_path / "c.toml", 'crop = "box"\n'))
     assert AdaptConfig.load(_toml(tmp_path / "ok.toml", 'crop = "cell"\n')).crop == "cell"
+
+
+def test_a_cell_fraction_sizes_cell_sized_crops_only_and_only_within_reason(tmp_path):
+    from wbcedge.bundle import load_bundle
+    from wbcedge.train.adapt import AdaptConfig
+    from wbcedge.train.adapt_site import site_cut
+
+    for text in ("cell_fraction = 0.95\n", 'crop = "site"\ncell_fraction = 0.5\n'):
+        with pytest.raises(InputDataError, match=r"cell_fraction = 0\.\d+; it sizes cell-sized crops"):
+            AdaptConfig.load(_toml(tmp_path / "c.toml", text))
+    cfg = AdaptConfig.load(_toml(tmp_path / "ok.toml", "cell_fraction = 0.55\n"))
+    spec = load_bundle().spec
+    cut = site_cut(cfg.crop, spec, [], cfg.cell_fraction)   # what the adapted bundle's runner will use
+    assert cut.recut == "cell" and cut.spec.cell_fraction == 0.55 and cut.spec.crop_um is None
+    assert site_cut("cell", spec, []).spec.cell_fraction == spec.cell_fraction
 
 
 def _toml(path: Path, text: str) -> Path:
