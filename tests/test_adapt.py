@@ -155,9 +155,11 @@ def test_a_cell_fraction_sizes_cell_sized_crops_only_and_only_within_reason(tmp_
     from wbcedge.train.adapt import AdaptConfig
     from wbcedge.train.adapt_site import site_cut
 
-    for text in ("cell_fraction = 0.95\n", 'crop = "site"\ncell_fraction = 0.5\n'):
-        with pytest.raises(InputDataError, match=r"cell_fraction = 0\.\d+; it sizes cell-sized crops"):
+    for text in ("cell_fraction = 0.95\n", 'crop = "site"\ncell_fraction = 0.5\n', 'cell_fraction = "0.5"\n'):
+        with pytest.raises(InputDataError, match=r"c\.toml: cell_fraction = '?0\.\d+'?; it sizes cell-sized crops"):
             AdaptConfig.load(_toml(tmp_path / "c.toml", text))
+    with pytest.raises(InputDataError, match="cell_fraction"):   # made in code (a benchmark's overrides), not a file
+        AdaptConfig(crop="parent", cell_fraction=0.5)
     cfg = AdaptConfig.load(_toml(tmp_path / "ok.toml", "cell_fraction = 0.55\n"))
     spec = load_bundle().spec
     cut = site_cut(cfg.crop, spec, [], cfg.cell_fraction)   # what the adapted bundle's runner will use

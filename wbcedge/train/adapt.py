@@ -116,13 +116,20 @@ class AdaptConfig:
         for key in ("curve_sizes", "formats"):
             if key in data:
                 data[key] = tuple(data[key])
-        if data.get("crop", "cell") not in CROP_POLICIES:
-            raise InputDataError(f"{path}: crop = {data['crop']!r}; choose one of {', '.join(CROP_POLICIES)}")
-        fraction = data.get("cell_fraction")
-        if fraction is not None and (data.get("crop", "cell") != "cell" or not 0.2 <= fraction <= 0.9):
-            raise InputDataError(f"{path}: cell_fraction = {fraction!r}; it sizes cell-sized crops (crop = \"cell\", "
-                                 "the default) and must be a share of the crop side from 0.2 to 0.9")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except InputDataError as e:
+            raise InputDataError(f"{path}: {e}") from None
+
+    def __post_init__(self) -> None:
+        """The crop settings checked wherever a config is made (a file, the CLI, a benchmark's overrides)."""
+        if self.crop not in CROP_POLICIES:
+            raise InputDataError(f"crop = {self.crop!r}; choose one of {', '.join(CROP_POLICIES)}")
+        fraction = self.cell_fraction
+        number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+        if fraction is not None and (self.crop != "cell" or not number or not 0.2 <= fraction <= 0.9):
+            raise InputDataError(f"cell_fraction = {fraction!r}; it sizes cell-sized crops (crop = \"cell\", the "
+                                 "default) and must be a share of the crop side from 0.2 to 0.9")
 
 
 @dataclass
@@ -393,6 +400,9 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
 
 def site_cut_line(cut: SiteCut, parent_spec) -> str:
     """What crop = "site" did, for the progress log."""
+    if not parent_spec.crop_um:
+        return ("crops: the parent sizes crops to each cell (no physical crop width), so there is no site factor: "
+                "crops used as given")
     if cut.median_fraction is None:
         return ("crops: no cell located in the site's fit and validation crops, so no site factor: crops used as "
                 "given (check that they show single white cells)")

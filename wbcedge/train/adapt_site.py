@@ -220,13 +220,17 @@ class SiteCut:
 def site_cut(policy: str, parent_spec: PreprocessSpec, labelled: list[Record],
              cell_fraction: float | None = None) -> SiteCut:
     """The `SiteCut` of a crop policy. "site" measures the located cell fraction of the labelled
-    crops it is given (the fit and validation cells: never the held-out ones) and re-cuts every
+    crops it is given (the fit and validation cells: never the held-out ones; crops the runner cut
+    with the parent's spec, as a session records them, so that the factor says how to change that
+    cut) and re-cuts every
     site crop by the one factor that brings its median to the spec's cell_fraction, keeping the
     size differences between cells (`recrop.crop_scale`; a site already within its trained range,
     or a parent without physical crops, is cut as given). `cell_fraction` ("cell" only): the share
     of the side each cell is made to fill, instead of the parent's."""
     from wbcedge.device.recrop import crop_scale, located_fractions
 
+    if policy not in CROP_POLICIES:
+        raise ValueError(f"crop policy {policy!r}: one of {', '.join(CROP_POLICIES)}")
     if policy == "cell":
         return SiteCut(replace(parent_spec, crop_um=None, cell_fraction=cell_fraction or parent_spec.cell_fraction),
                        "cell")
