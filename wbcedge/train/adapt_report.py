@@ -89,8 +89,8 @@ def report_markdown(report: dict) -> str:
                      f"({_ci(p['recall_ci95'])}) | {_pct(a['recall']) if a['support'] else '-'} ({_ci(a['recall_ci95'])}) |")
     d = held.get("differential")
     if d:
-        lines += ["", "Differential count of the held-out cells (each cell's top class; a mix that the lab capped per "
-                      "class is not its patients' mix):", "",
+        lines += ["", ("Differential count of the held-out cells (each cell's top class; a mix that the lab capped "
+                       "per class is not its patients' mix):"), "",
                   "| class | labelled | parent | adapted |", "|---|---|---|---|"]
         lines += [f"| {c} | {_pct(d['true'][c])} | {_pct(d['parent'][c])} | {_pct(d['adapted_int8'][c])} |"
                   for c in held["parent"]["classes"]]
