@@ -321,8 +321,9 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     model = predictor.keras_model
     cut = site_cut(cfg.crop, predictor.spec, plan.fit + plan.val, cfg.cell_fraction)
     spec = cut.spec   # the adapted bundle's
+    crop_words = cut.describe(cfg.crop, predictor.spec)
     if cfg.crop == "site":
-        progress(site_cut_line(cut, predictor.spec))
+        progress(crop_words)
     x_fit, y_fit = cut.inputs(plan.fit), class_indices(r.label for r in plan.fit)
     x_val, y_val = cut.inputs(plan.val), class_indices(r.label for r in plan.val)
     x_test, y_test = cut.inputs(plan.test), class_indices(r.label for r in plan.test)
@@ -375,7 +376,7 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
                  "not_adapted": plan.not_adapted, "unlabelled_cells": len(x_unl),
                  "replayed_parent_cells": len(x_rep), "held_out_given_separately": plan.test_given,
                  "crop": {"policy": cfg.crop, "recut": cut.recut, "median_fraction": cut.median_fraction,
-                          "crop_um": spec.crop_um}},
+                          "crop_um": spec.crop_um, "how": crop_words}},
         "config": {k: v for k, v in asdict(cfg).items()},
         "held_out": results, "better_than_parent": bool(better),
         "export_gate": {"failures": export_report["failures"], "budget": export_report["budget"]},
@@ -396,22 +397,6 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
     write_adapt_report(out, report)
     _finish_manifest(out, report, deployable)
     return report
-
-
-def site_cut_line(cut: SiteCut, parent_spec) -> str:
-    """What crop = "site" did, for the progress log."""
-    if not parent_spec.crop_um:
-        return ("crops: the parent sizes crops to each cell (no physical crop width), so there is no site factor: "
-                "crops used as given")
-    if cut.median_fraction is None:
-        return ("crops: no cell located in the site's fit and validation crops, so no site factor: crops used as "
-                "given (check that they show single white cells)")
-    measured = (f"crops: the site's cells fill {cut.median_fraction:.2f} of their crops (median of the fit and "
-                f"validation cells), the model's {parent_spec.cell_fraction:.2f}")
-    if cut.recut is None:
-        return measured + ": within the trained range, crops used as given"
-    return (measured + f": every site crop re-cut x{cut.recut:.2f}, the bundle's crops {cut.spec.crop_um:g} um wide "
-            f"(the parent's {parent_spec.crop_um:g})")
 
 
 def fine_tune_soup(model, state, plan: SitePlan, cut: SiteCut, site, replay, cfg: AdaptConfig, progress) -> list:

@@ -47,18 +47,8 @@ def _ci(ci) -> str:
     return "-" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}"
 
 
-def _crop_line(crop: dict | None) -> str:
-    """How the site's crops were cut (`AdaptConfig.crop`), and what the bundle's runner does."""
-    if not crop:
-        return ""
-    if crop["recut"] == "cell":
-        how = "each crop re-cut so its located cell fills the spec's share; the bundle sizes every crop to its cell"
-    elif crop["recut"]:
-        how = (f"every crop re-cut x{crop['recut']:.2f} (the site's cells filled {crop['median_fraction']:.2f} of "
-               f"their crops); the bundle's crops are {crop['crop_um']:g} um wide")
-    else:
-        how = "the crops as given, the parent's crop policy"
-    return f"Crops (`crop = \"{crop['policy']}\"`): {how}."
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("." if text else "")
 
 
 def report_markdown(report: dict) -> str:
@@ -69,7 +59,7 @@ def report_markdown(report: dict) -> str:
              + (f" (held-out cells from {site['test']})" if site["test"] else "")
              + f"; {site['unlabelled_cells']} unlabelled cells; {site['replayed_parent_cells']} parent cells replayed.",
              (f"Adapted classes: {', '.join(site['adapted'])}; not adapted (no site cells): "
-             f"{', '.join(site['not_adapted']) or 'none'}."), _crop_line(site.get("crop")), "",
+             f"{', '.join(site['not_adapted']) or 'none'}."), _sentence((site.get("crop") or {}).get("how", "")), "",
              f"**Deployable: {'yes' if report['deployable'] else 'NO'}**"
              + (f" - {report['refusal']}" if report.get("refusal") else ""), "",
              f"## Held-out site cells ({n}, never trained or selected on)", "",

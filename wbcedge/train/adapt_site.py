@@ -211,6 +211,26 @@ class SiteCut:
     def inputs(self, records: list[Record]) -> np.ndarray:
         return site_inputs(records, self.spec, self.recut)
 
+    def describe(self, policy: str, parent_spec: PreprocessSpec) -> str:
+        """How `site_cut(policy, parent_spec, ...)` cut the site's crops, in words (adapt's log and report)."""
+        head = f"crops (crop = \"{policy}\"): "
+        if self.recut == "cell":
+            return head + (f"each crop re-cut so its located cell fills {self.spec.cell_fraction:.2f} of the side; "
+                           "the bundle sizes every crop to its cell")
+        if policy != "site":
+            return head + "the crops as given, the parent's crop policy"
+        if not parent_spec.crop_um:
+            return head + "the parent sizes crops to each cell (no physical crop width), so no site factor: as given"
+        if self.median_fraction is None:
+            return head + ("no cell located in the fit and validation crops, so no site factor: crops used as given "
+                           "(check that they show single white cells)")
+        measured = (f"the site's cells fill {self.median_fraction:.2f} of their crops (median of the fit and "
+                    f"validation cells), the model's {parent_spec.cell_fraction:.2f}")
+        if self.recut is None:
+            return head + measured + ": within the trained range, crops used as given"
+        return head + measured + (f": every site crop re-cut x{self.recut:.2f}, the bundle's crops "
+                                  f"{self.spec.crop_um:g} um wide (the parent's {parent_spec.crop_um:g})")
+
     def parent_cell_inputs(self, records: list[Record]) -> np.ndarray:
         """The parent's own training cells (replayed): re-cut to each cell under "cell"; otherwise as
         given, since their cells already fill the spec's fraction (a site factor is the site's)."""
@@ -222,9 +242,8 @@ def site_cut(policy: str, parent_spec: PreprocessSpec, labelled: list[Record],
     """The `SiteCut` of a crop policy. "site" measures the located cell fraction of the labelled
     crops it is given (the fit and validation cells: never the held-out ones; crops the runner cut
     with the parent's spec, as a session records them, so that the factor says how to change that
-    cut) and re-cuts every
-    site crop by the one factor that brings its median to the spec's cell_fraction, keeping the
-    size differences between cells (`recrop.crop_scale`; a site already within its trained range,
+    cut) and re-cuts every site crop by the one factor that brings its median to the spec's
+    cell_fraction, keeping the size differences between cells (`recrop.crop_scale`; a site already within its trained range,
     or a parent without physical crops, is cut as given). `cell_fraction` ("cell" only): the share
     of the side each cell is made to fill, instead of the parent's."""
     from wbcedge.device.recrop import crop_scale, located_fractions
