@@ -372,3 +372,6 @@ def test_the_report_gives_the_held_out_cells_differential_as_labelled_and_as_eac
     assert d["adapted_int8_max_error_pp"] == pytest.approx(100 * 10 / 53)
     assert d["parent"]["monocyte"] == 1.0 and d["parent_max_error_pp"] == pytest.approx(100 * 43 / 53)
     assert sum(d["adapted_int8"].values()) == pytest.approx(1.0) and sum(d["true"].values()) == pytest.approx(1.0)
+    # the count for these cells' mix (EM, as `wbcedge run` gives it): certain calls leave nothing to re-weigh
+    assert d["adapted_int8_mix"] == pytest.approx(d["adapted_int8"], abs=1e-6)
+    assert d["adapted_int8_mix_max_error_pp"] == pytest.approx(100 * 10 / 53, abs=1e-4)

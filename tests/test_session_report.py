@@ -10,6 +10,7 @@ from review_support import copy_session
 from typer.testing import CliRunner
 
 from wbcedge.cli import app
+from wbcedge.device.records import read_cells, read_meta
 
 runner = CliRunner()
 
@@ -96,3 +97,17 @@ def test_a_missing_session_is_an_input_error_as_review_says_it(tmp_path):
     for command in (["report", str(tmp_path / "nope")], ["review", "open", str(tmp_path / "nope"), "--no-browser"]):
         res = runner.invoke(app, command)
         assert res.exit_code == 2 and "nope" in res.output and "wbcedge run" in res.output, (command, res.output)
+
+
+def test_the_runner_records_each_cells_calibrated_probabilities(counted):
+    """What the count for the sample's mix is estimated from (schema 4): one probability per class, the
+    top one the cell's recorded confidence; the built-in frames raise the shift alarm, so no mix is given."""
+    cells = read_cells(counted)
+    meta = read_meta(counted)
+    assert cells and all(c.probs is not None and len(c.probs) == len(meta["classes"]) for c in cells)
+    for c in cells:
+        assert sum(c.probs) == pytest.approx(1.0, abs=1e-4) and max(c.probs) == pytest.approx(c.confidence, abs=1e-5)
+        if c.label != "unidentified":
+            assert meta["classes"][c.probs.index(max(c.probs))] == c.label
+    doc, _ = report_files(counted)
+    assert doc["differential"]["class_mix"] is None and doc["differential"]["class_mix_note"].startswith("withheld")

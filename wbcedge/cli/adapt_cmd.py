@@ -79,5 +79,7 @@ def _table(report: dict) -> Table:
     d = held.get("differential")
     if d:
         table.caption += (f"\ndifferential count of these cells, largest error: parent {d['parent_max_error_pp']:.1f} "
-                          f"points, adapted {d['adapted_int8_max_error_pp']:.1f} (adapt-report.md)")
+                          f"points, adapted {d['adapted_int8_max_error_pp']:.1f}"
+                          + (f", adapted for these cells' mix {d['adapted_int8_mix_max_error_pp']:.1f}"
+                             if "adapted_int8_mix_max_error_pp" in d else "") + " (adapt-report.md)")
     return table

@@ -270,7 +270,7 @@ def run_session(source: FrameSource, pipeline: CellPipeline, recorder, tracker, 
             if str(status) != "new" or (cell.box.touches_edge and not edge_ok):
                 continue
             recorder.add_cell(frame.index, frame.name, cell.box.box, cell.label, cell.confidence, cell.crop,
-                              ood_score=cell.ood)
+                              ood_score=cell.ood, probs=cell.probs)
             if shift_monitor is not None and cell.ood is not None:
                 shift_monitor.add(cell.ood)
             labels.append(cell.label)

@@ -2,7 +2,7 @@
 
 Layout of a run folder:
     cells.db        SQLite (WAL journal): tables meta, frames, cells, skipped_frames,
-                    warnings, raw_names (schema version 3)
+                    warnings, raw_names (schema version 4)
     crops/          one JPEG per counted cell, named <frame>_<n>_<label>.jpg, at most
                     MAX_CROP_SIDE pixels on a side (about 7 KB each; see docs/limits.md)
     .session.lock   held (flock) while a session writes the folder
@@ -54,7 +54,8 @@ except ImportError:  # Windows: an exclusive-create lock file instead
 DB_FILE = "cells.db"
 CROPS_DIR = "crops"
 LOCK_FILE = ".session.lock"
-SCHEMA_VERSION = 3  # 2: cells.ood_score (the domain-shift score); 3: skipped_frames, warnings, raw_names; older still read
+SCHEMA_VERSION = 4  # 2: cells.ood_score (the domain-shift score); 3: skipped_frames, warnings, raw_names;
+#                      4: cells.probs (the class mix estimate, class_mix.py); older still read
 MAX_CROP_SIDE = 224   # px: above the model inputs (128-160 px), enough to review a cell by eye; ~7 KB as JPEG q90
 
 _SCHEMA = """
@@ -80,7 +81,8 @@ CREATE TABLE IF NOT EXISTS cells (
     confidence   REAL NOT NULL,          -- temperature-calibrated top-1 probability
     crop_path    TEXT,                  -- relative to the run folder, e.g. crops/000012_00_neutrophil.jpg
     time         REAL NOT NULL,
-    ood_score    REAL                   -- domain-shift score (wbcedge.device.shift); NULL: check off
+    ood_score    REAL,                  -- domain-shift score (wbcedge.device.shift); NULL: check off
+    probs        TEXT                   -- schema 4: JSON list of calibrated class probabilities, in meta `classes` order
 );
 CREATE INDEX IF NOT EXISTS cells_label ON cells(label);
 CREATE TABLE IF NOT EXISTS skipped_frames (         -- schema 3: frames that could not be used
@@ -121,6 +123,7 @@ class CellRow:
     crop_path: str | None
     time: float
     ood_score: float | None = None
+    probs: tuple[float, ...] | None = None   # schema 4; None in older run folders
 
 
 @dataclass(frozen=True)
@@ -276,10 +279,11 @@ class Recorder:
 
     def add_cell(self, frame_index: int, frame_name: str, box: tuple[int, int, int, int], label: str,
                  confidence: float, crop_bgr: np.ndarray | None = None, time_s: float | None = None,
-                 ood_score: float | None = None) -> int:
+                 ood_score: float | None = None, probs: np.ndarray | None = None) -> int:
         """Record one counted cell of the current frame (committed by `commit_frame`). Returns its row id.
 
-        box is (x0, y0, x1, y1) in frame pixels; crop_bgr (BGR uint8) is saved as a JPEG under crops/.
+        box is (x0, y0, x1, y1) in frame pixels; crop_bgr (BGR uint8) is saved as a JPEG under crops/;
+        probs: the cell's calibrated class probabilities (meta `classes` order), for the class mix estimate.
         """
         self._begin(frame_index)
         frame_name = self._name(frame_name)
@@ -304,10 +308,11 @@ class Recorder:
             crop_rel = f"{CROPS_DIR}/{name}"
         x0, y0, x1, y1 = (int(v) for v in box)
         cur = self._execute(
-            "INSERT INTO cells(frame_index, frame_name, x0, y0, x1, y1, label, confidence, crop_path, time, ood_score) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO cells(frame_index, frame_name, x0, y0, x1, y1, label, confidence, crop_path, time, ood_score, "
+            "probs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (int(frame_index), frame_name, x0, y0, x1, y1, label, float(confidence), crop_rel,
-             time.time() if time_s is None else float(time_s), None if ood_score is None else float(ood_score)))
+             time.time() if time_s is None else float(time_s), None if ood_score is None else float(ood_score),
+             None if probs is None else json.dumps([round(float(v), 6) for v in np.ravel(probs)])))
         self._frame_cells += 1
         return int(cur.lastrowid)
 
@@ -503,10 +508,23 @@ def _optional_rows(run_dir: Path | str, sql: str, make) -> list:
 
 
 def _cells(db: sqlite3.Connection) -> list[CellRow]:
-    has_ood = any(r[1] == "ood_score" for r in db.execute("PRAGMA table_info(cells)"))  # schema 1 has none
+    columns = {r[1] for r in db.execute("PRAGMA table_info(cells)")}
+    has_ood, has_probs = "ood_score" in columns, "probs" in columns   # schema 1 has neither, 2-3 no probs
     rows = db.execute("SELECT id, frame_index, frame_name, x0, y0, x1, y1, label, confidence, crop_path, time"
-                      + (", ood_score" if has_ood else "") + " FROM cells ORDER BY id").fetchall()
-    return [CellRow(*r) for r in rows]
+                      + (", ood_score" if has_ood else ", NULL") + (", probs" if has_probs else ", NULL")
+                      + " FROM cells ORDER BY id").fetchall()
+    return [CellRow(*r[:-1], probs=_probs(r[-1])) for r in rows]
+
+
+def _probs(text: str | None) -> tuple[float, ...] | None:
+    """A cell's stored probabilities, None when absent or unreadable (they only feed an estimate)."""
+    if not text:
+        return None
+    try:
+        values = json.loads(text)
+        return tuple(float(v) for v in values) if isinstance(values, list) else None
+    except (ValueError, TypeError):
+        return None
 
 
 def _frames(db: sqlite3.Connection) -> list[FrameRow]:

@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
@@ -183,11 +184,36 @@ def model_differential(run_dir: Path, meta: Mapping[str, Any], reference: Mappin
     from wbcedge.device.pipeline import UNIDENTIFIED
     from wbcedge.labels import CLASSES
 
-    labels = [c.label for c in read_cells(run_dir)]
-    classes = list(meta.get("classes") or CLASSES)
-    classes += sorted(set(labels) - set(classes) - {UNIDENTIFIED})
+    cells = read_cells(run_dir)
+    labels = [c.label for c in cells]
+    model_classes = list(meta.get("classes") or CLASSES)
+    classes = model_classes + sorted(set(labels) - set(model_classes) - {UNIDENTIFIED})
     diff = differential(labels, classes, reference=reference)
-    return withhold_flags(diff) if (domain_shift or {}).get("alarm") else diff
+    if (domain_shift or {}).get("alarm"):
+        return {**withhold_flags(diff), "class_mix": None, "class_mix_note": MIX_SHIFTED}
+    if not (meta.get("calibration") or {}).get("fitted_on"):
+        return {**diff, "class_mix": None, "class_mix_note": MIX_UNCALIBRATED}
+    return {**diff, "class_mix": session_class_mix(cells, model_classes)}
+
+
+MIX_SHIFTED = ("withheld: the domain-shift alarm fired, so the cells do not look as the model knows them and a "
+               "re-estimate of the class mix would amplify its confusions (docs/runner.md)")
+MIX_UNCALIBRATED = ("withheld: the bundle's confidences are not calibrated (no temperature fitted at export; an adapted "
+                    "bundle needs 20 labelled validation cells), and the re-estimate of the class mix needs calibrated "
+                    "probabilities (docs/runner.md)")
+
+
+def session_class_mix(cells: list[CellRow], classes: list[str]) -> dict[str, Any] | None:
+    """The differential corrected for the sample's class mix (`class_mix.mix_differential`), when every
+    cell has its probabilities (schema 4) for these classes and there are enough cells; else None.
+    The estimate assumes calibrated probabilities and that only the mix changed, not how each type
+    looks: `model_differential` asks for it only from a calibrated bundle and without a shift alarm."""
+    from wbcedge.device.class_mix import mix_differential
+
+    probs = [c.probs for c in cells]
+    if not probs or any(p is None or len(p) != len(classes) for p in probs):
+        return None
+    return mix_differential(np.asarray(probs), classes, level=0.95)
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -261,17 +287,33 @@ def format_differential(diff: Mapping[str, Any]) -> Table:
     table.add_column(f"{level * 100:g}% CI", justify="right")
     table.add_column("Reference %", justify="right")
     table.add_column("Flag")
+    mix = diff.get("class_mix")
+    if mix:
+        table.add_column(MIX_HEADER, justify="right")
     for cls in diff["classes"]:
         t = diff["types"][cls]
         flag = t["flag"]
         style = {"low": "bold yellow", "high": "bold red"}.get(flag, "")
         table.add_row(escape(cls), str(t["count"]), _pct(t["percent"]), _ci(t), _ref(t),
-                      f"[{style}]{flag.upper()}[/]" if flag else "")
+                      f"[{style}]{flag.upper()}[/]" if flag else "", *([_mix(mix, cls)] if mix else []))
     table.add_section()
-    table.add_row("classified", str(diff["classified"]), "100.0" if diff["classified"] else "—", "", "", "")
+    blank = [""] * (4 + bool(mix))
+    table.add_row("classified", str(diff["classified"]), "100.0" if diff["classified"] else "—", *blank[1:])
     table.add_row(f"{escape(diff.get('unidentified_label', 'unidentified'))} (excluded)", str(diff["unidentified"]),
-                  "", "", "", "")
+                  *blank)
     return table
+
+
+MIX_HEADER = "% for this sample's mix (95% CI)"
+MIX_NOTE = ("The last column re-estimates the shares from every cell's probabilities for this sample's class mix "
+            "(EM; unidentified cells included): the model was trained on an even mix and over-counts rare types "
+            "when it counts each cell's top class. It cannot correct a model that confuses two types on this "
+            "microscope (docs/runner.md).")
+
+
+def _mix(mix: Mapping[str, Any], cls: str) -> str:
+    t = (mix.get("types") or {}).get(cls)
+    return "" if t is None else f"{t['percent']:.1f} ({t['ci_low']:.1f}-{t['ci_high']:.1f})"
 
 
 def _caption(diff: Mapping[str, Any]) -> str:
@@ -279,6 +321,8 @@ def _caption(diff: Mapping[str, Any]) -> str:
     if n == 0:
         return "No cell was classified: no percentages."
     text = f"Percent of {n} classified cells; Clopper-Pearson exact interval."
+    if diff.get("class_mix"):
+        text += " Last column: the shares for this sample's class mix (EM over all cells; docs/runner.md)."
     if n < 100:
         text += " Fewer than 100 cells: intervals are wide; count more fields."
     if diff.get("flag_basis", "").startswith("withheld"):
@@ -330,20 +374,28 @@ def render_html(run_dir: Path, diff: Mapping[str, Any], meta: Mapping[str, Any],
         parts.append(f"<p class=\"note\">{meta['no_overlap_frames']} stream frame(s) shared no overlap with the one "
                      "before: cells could not be matched across them, so some may be counted twice or missed.</p>")
 
+    mix = diff.get("class_mix")
     parts.append("<table><thead><tr><th>Type</th><th>Count</th><th>%</th>"
-                 f"<th>{level * 100:g}% CI</th><th>Reference %</th><th>Flag</th></tr></thead><tbody>")
+                 f"<th>{level * 100:g}% CI</th><th>Reference %</th><th>Flag</th>"
+                 + (f"<th>{e(MIX_HEADER)}</th>" if mix else "") + "</tr></thead><tbody>")
     for cls in diff["classes"]:
         t = diff["types"][cls]
         flag = t["flag"]
         parts.append(f"<tr><td>{e(cls)}</td><td>{t['count']}</td><td>{_pct(t['percent'])}</td>"
                      f"<td>{e(_ci(t))}</td><td>{e(_ref(t))}</td>"
-                     f"<td class=\"{e(flag)}\">{e(flag.upper())}</td></tr>")
+                     f"<td class=\"{e(flag)}\">{e(flag.upper())}</td>"
+                     + (f"<td>{e(_mix(mix, cls))}</td>" if mix else "") + "</tr>")
+    empty = "<td></td>" * bool(mix)
     parts.append(f"<tr><th>classified</th><th>{diff['classified']}</th>"
-                 f"<th>{'100.0' if diff['classified'] else '—'}</th><th></th><th></th><th></th></tr>")
+                 f"<th>{'100.0' if diff['classified'] else '—'}</th><th></th><th></th><th></th>{empty}</tr>")
     ulabel = diff.get("unidentified_label", "unidentified")
     parts.append(f"<tr><td>{e(ulabel)} <span class=\"muted\">(not in the percentages)</span></td>"
-                 f"<td>{diff['unidentified']}</td><td></td><td></td><td></td><td></td></tr>")
+                 f"<td>{diff['unidentified']}</td><td></td><td></td><td></td><td></td>{empty}</tr>")
     parts.append("</tbody></table>")
+    if mix:
+        parts.append(f"<p class=\"muted\">{e(MIX_NOTE)}</p>")
+    elif diff.get("class_mix_note"):
+        parts.append(f"<p class=\"muted\">The shares for this sample's class mix are {e(diff['class_mix_note'])}.</p>")
     parts.append("<p class=\"muted\">Flags compare the percent with the reference range; "
                  "read them together with the interval. Reference ranges differ between laboratories.</p>")
 

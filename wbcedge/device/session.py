@@ -144,7 +144,7 @@ def count_cells(opts: CountOptions, *, on_message: Callable[[str], None] = lambd
         "bundle": str(bundle.path), "model_file": pipeline.model_entry["file"], "threshold": pipeline.threshold,
         "classes": bundle.classes, "reference": str(opts.reference) if opts.reference else None,
         "profile": profile.to_dict() if profile else None, "count_target": opts.count, "single_cell": opts.single_cell,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "calibration": bundle.manifest.get("calibration"),
         # the bundle's measured accuracy on another microscope, for the demo and shift banners
         CHECK_KEY: bundle.manifest.get(CHECK_KEY), ADAPTATION_KEY: bundle.manifest.get(ADAPTATION_KEY)}
     for k, v in meta.items():

@@ -30,11 +30,15 @@ def held_out_differential(y_test: np.ndarray, stages: dict[str, np.ndarray], cla
     """The differential count (share of each class) of the held-out cells as labelled ("true") and as
     each model calls them, and each model's largest error in points: what a lab's count of these
     cells would have been (the threshold for unidentified cells aside)."""
+    from wbcedge.device.class_mix import estimate_mix
+
     n = max(len(y_test), 1)
     out = {"true": {c: float(np.sum(y_test == i)) / n for i, c in enumerate(classes)}}
-    for name, probs in stages.items():
-        called = probs.argmax(1)
-        out[name] = {c: float(np.sum(called == i)) / n for i, c in enumerate(classes)}
+    shares = {name: np.bincount(probs.argmax(1), minlength=len(classes)) / n for name, probs in stages.items()}
+    if "adapted_int8" in stages and len(y_test):   # the session's count corrected for its class mix (as wbcedge run)
+        shares["adapted_int8_mix"] = estimate_mix(stages["adapted_int8"]).mix
+    for name, share in shares.items():
+        out[name] = {c: float(share[i]) for i, c in enumerate(classes)}
         out[f"{name}_max_error_pp"] = 100 * max(abs(out[name][c] - out["true"][c]) for c in classes)
     return out
 
@@ -81,10 +85,13 @@ def report_markdown(report: dict) -> str:
     if d:
         lines += ["", ("Differential count of the held-out cells (each cell's top class; a mix that the lab capped "
                        "per class is not its patients' mix):"), "",
-                  "| class | labelled | parent | adapted |", "|---|---|---|---|"]
-        lines += [f"| {c} | {_pct(d['true'][c])} | {_pct(d['parent'][c])} | {_pct(d['adapted_int8'][c])} |"
-                  for c in held["parent"]["classes"]]
-        lines += [f"| largest error | | {d['parent_max_error_pp']:.1f} points | {d['adapted_int8_max_error_pp']:.1f} points |"]
+                  "| class | labelled | parent | adapted | adapted, for these cells' mix (EM, as `wbcedge run`) |",
+                  "|---|---|---|---|---|"]
+        mix = d.get("adapted_int8_mix") or {}
+        lines += [(f"| {c} | {_pct(d['true'][c])} | {_pct(d['parent'][c])} | {_pct(d['adapted_int8'][c])} "
+                   f"| {_pct(mix.get(c))} |") for c in held["parent"]["classes"]]
+        lines.append(f"| largest error | | {d['parent_max_error_pp']:.1f} points | {d['adapted_int8_max_error_pp']:.1f} "
+                     f"points | {d.get('adapted_int8_mix_max_error_pp', float('nan')):.1f} points |")
     gate = report["export_gate"]
     lines += ["", f"Export gate (int8 against float on the held-out cells; budget {gate['budget']['max_drop_pp']:.2f} "
                   f"points, {gate['budget']['max_class_drop_pp']:.2f} per class): "
