@@ -34,6 +34,28 @@ def dihedral_views(x: np.ndarray) -> list[np.ndarray]:
     return [np.rot90(m, k, axes=(1, 2)) for m in (x, x[:, :, ::-1]) for k in range(4)]
 
 
+def freeze_below(prefix: str) -> None:
+    """Make adapt's fine-tuning also freeze every layer before the first one named `prefix...` (an
+    experiment on the labelled cells, not an adapt option: docs/adapt.md, fifth session)."""
+    import keras
+
+    from wbcedge.train import adapt
+    from wbcedge.train.models.registry import all_layers
+
+    freeze_batchnorm = adapt.freeze_batchnorm
+
+    def freeze(model) -> None:
+        freeze_batchnorm(model)
+        layers = [layer for layer in all_layers(model) if not isinstance(layer, keras.Model)]
+        first = next((i for i, layer in enumerate(layers) if layer.name.startswith(prefix)), None)
+        if first is None:
+            raise SystemExit(f"--train-from {prefix}: no layer of the parent is named so (e.g. block_13, dense64)")
+        for layer in layers[:first]:
+            layer.trainable = False
+
+    adapt.freeze_batchnorm = freeze
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
@@ -44,7 +66,12 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=DEFAULT_RUN, help="the parent run folder (default: the built-in model's)")
     ap.add_argument("--views", action="store_true",
                     help="also score each model on the mean of its probabilities over the 8 turned/mirrored views")
+    ap.add_argument("--train-from", metavar="LAYER",
+                    help="fine-tune only from the first layer whose name starts with LAYER on (e.g. block_13): the "
+                         "layers before it keep the parent's weights (BatchNorm statistics are re-estimated as usual)")
     args = ap.parse_args()
+    if args.train_from:
+        freeze_below(args.train_from)
     predictor = load_run(args.run)
     model, spec = predictor.keras_model, predictor.spec
     initial = model.get_weights()
