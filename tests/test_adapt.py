@@ -361,6 +361,21 @@ def test_next_steps_name_the_weak_classes_and_read_the_learning_curve():
     assert "differ by up to 9.0 points" in unclear and "flat" not in unclear
 
 
+def test_next_steps_say_when_too_few_validation_cells_leave_the_confidences_uncalibrated():
+    """BCCD's 20 cells per class leave 13 to stop the fine-tuning: no temperature, so no count for the
+    sample's mix in `wbcedge run`; with 20 (the report above has 4 per class) nothing is said."""
+    pytest.importorskip("sklearn", reason="the held-out results use the report extra (scikit-learn)")
+    from wbcedge.train.adapt_report import next_steps
+
+    assert not any("confidence temperature" in step for step in next_steps(_report_for_next_steps([0.6, 0.7, 0.8])))
+    few = _report_for_next_steps([0.6, 0.7, 0.8])
+    for c in few["site"]["counts"].values():
+        c["val"] = 3
+    last = next_steps(few)[-1]
+    assert last.startswith("Only 15 labelled cells stop the fine-tuning, and a confidence temperature needs 20")
+    assert "about 5 more" in last and "no count for the sample's class mix" in last
+
+
 def test_the_report_gives_the_held_out_cells_differential_as_labelled_and_as_each_model_counts_it():
     """Half the 20 eosinophils called neutrophils: the adapted count has 10 eosinophils too few and 10
     neutrophils too many (10 of 53 cells: 18.9 points); the parent calls everything a monocyte."""

@@ -12,6 +12,7 @@ import numpy as np
 
 from wbcedge.evaluation.metrics import _figure, classification_results, mcnemar
 from wbcedge.jsonable import to_jsonable
+from wbcedge.train.shift_reference import MIN_VAL_IMAGES
 
 STAGE_NAMES = {"parent": "parent (as given)", "batchnorm": "BatchNorm re-estimated",
                "adapted_float": "adapted, float", "adapted_int8": "adapted, the bundle's default file (int8 when it passes the gate)"}
@@ -153,6 +154,13 @@ def next_steps(report: dict) -> list[str]:
                          "that miss.")
     elif not groups:
         steps.append("Run again with --curve to see whether labelling more cells would help.")
+    n_val = sum(v.get("val", 0) for v in site["counts"].values())
+    if n_val < MIN_VAL_IMAGES:
+        steps.append(f"Only {n_val} labelled cells stop the fine-tuning, and a confidence temperature needs "
+                     f"{MIN_VAL_IMAGES}: the bundle's confidences are not calibrated, so its unidentified threshold is "
+                     "approximate and `wbcedge run` gives no count for the sample's class mix. Label more cells "
+                     f"(about {MIN_VAL_IMAGES - n_val} more of them must land in the validation part; see --holdout "
+                     "and val_share).")
     return steps
 
 
