@@ -94,8 +94,8 @@ def main() -> None:
             if has_batchnorm(model):
                 reestimate_batchnorm(model, _bn_cells(x_fit, x_val, x_unl, cfg), cfg.bn_chunk)
             bn_accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))
-            history = fine_tune_soup(model, model.get_weights(), plan, cut, (x_fit, y_fit, x_val, y_val),
-                                     (x_rep, y_rep), cfg, lambda m: None)
+            history = fine_tune_soup(model, model.get_weights(), (x_fit, y_fit, x_val, y_val), (x_rep, y_rep), cfg,
+                                     lambda m: None, cut.spec.cell_fraction)
             last = history if cfg.soup <= 1 else history[0]
             epochs.append((len(last), round(last[-1].get("accuracy", float("nan")), 3)))
             accs.append(float((predictor.predict_many(x_test).argmax(1) == y_test).mean()))

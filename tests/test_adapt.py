@@ -296,11 +296,11 @@ def test_re_cut_crops_give_the_adapted_bundle_a_spec_that_cuts_the_sites_cells_t
 
 @pytest.mark.slow
 @pytest.mark.train
-def test_a_soup_is_the_average_of_fine_tunes_on_differently_drawn_validation_cells(tmp_path, default_run):
+def test_a_soup_is_the_average_of_fine_tunes_with_their_own_seeds_on_the_same_cells(tmp_path, default_run):
     pytest.importorskip("tensorflow")
     from wbcedge.labels import class_indices
     from wbcedge.train.adapt import AdaptConfig, fine_tune_soup, soup_members
-    from wbcedge.train.adapt_site import SiteCut, plan_site, site_inputs
+    from wbcedge.train.adapt_site import plan_site, site_inputs
     from wbcedge.train.interpolate import average_weights
     from wbcedge.train.run_folder import load_run
 
@@ -312,11 +312,11 @@ def test_a_soup_is_the_average_of_fine_tunes_on_differently_drawn_validation_cel
             site_inputs(plan.val, spec), class_indices(r.label for r in plan.val))
     no_replay = (np.zeros((0, *site[0].shape[1:]), np.uint8), np.zeros(0, np.int64))
     cfg = AdaptConfig(epochs=1, patience=1, min_epochs=0, replay_per_class=0, soup=2, crop="parent")
-    state, cut = model.get_weights(), SiteCut(spec)   # crops as given
-    members = [w for w, _ in soup_members(model, state, plan, cut, site, no_replay, cfg, lambda m: None)]
+    state = model.get_weights()
+    members = [w for w, _ in soup_members(model, state, site, no_replay, cfg, lambda m: None, spec.cell_fraction)]
     assert len(members) == 2
     assert max(float(np.abs(a - b).max()) for a, b in zip(*members)) > 1e-4  # two different fine-tunes
-    histories = fine_tune_soup(model, state, plan, cut, site, no_replay, cfg, lambda m: None)
+    histories = fine_tune_soup(model, state, site, no_replay, cfg, lambda m: None, spec.cell_fraction)
     assert len(histories) == 2
     for got, want in zip(model.get_weights(), average_weights(members)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # each member depends on its seed only
