@@ -27,7 +27,6 @@ import numpy as np
 
 from wbcedge.bundle import DEFAULT_BUNDLE, load_bundle
 from wbcedge.device.class_mix import estimate_mix
-from wbcedge.labels import CLASSES, class_indices
 
 BLOOD = {"basophil": 0.01, "eosinophil": 0.03, "lymphocyte": 0.30, "monocyte": 0.06, "neutrophil": 0.60}
 
@@ -47,14 +46,15 @@ def pbc_figures(bundle, split_csv: Path, cells: int, draws: int, seed: int) -> d
     from wbcedge.preprocess import load_inputs
 
     test = [r for r in read_manifest(split_csv) if r.split == "test"]
-    y = class_indices(r.label for r in test)
+    classes = list(bundle.classes)
+    y = np.array([classes.index(r.label) for r in test])
     probs = apply_temperature(Classifier(bundle.path / bundle.manifest["default_model"]).predict_many(
         load_inputs([r.path for r in test], bundle.spec)), bundle.temperature)
-    k, rng = len(CLASSES), np.random.default_rng(seed)
+    k, rng = len(classes), np.random.default_rng(seed)
     errors = {"counted": [], "em": []}
     for _ in range(draws):
         idx = np.concatenate([rng.choice(np.flatnonzero(y == i), round(cells * BLOOD[c]), replace=True)
-                              for i, c in enumerate(CLASSES)])
+                              for i, c in enumerate(classes)])
         true = shares(y[idx], k)
         errors["counted"].append(max_error_pp(shares(probs[idx].argmax(1), k), true))
         errors["em"].append(max_error_pp(estimate_mix(probs[idx]).mix, true))
@@ -84,13 +84,14 @@ def frame_session(bundle, frames: Path, types_csv: Path, only: Path | None, um_p
             probs.append(cell.probs)
             truth.append(t)
             labels.append(cell.label)
-    k = len(CLASSES)
-    y = class_indices(truth)
+    classes = list(bundle.classes)
+    k = len(classes)
+    y = np.array([classes.index(t) for t in truth])
     identified = np.array([lab != UNIDENTIFIED for lab in labels])
-    counted = shares(class_indices(np.array(labels)[identified]), k)
+    counted = shares(np.array([classes.index(lab) for lab in np.array(labels)[identified]], int), k)
     true = shares(y, k)
     mix = estimate_mix(np.asarray(probs)).mix
-    pct = lambda v: {c: round(100 * float(v[i]), 1) for i, c in enumerate(CLASSES)}
+    pct = lambda v: {c: round(100 * float(v[i]), 1) for i, c in enumerate(classes)}
     return {"frames": seen, "cells": len(y), "unidentified": int((~identified).sum()),
             "true": pct(true), "counted": pct(counted), "em": pct(mix),
             "max_error_pp": {"counted": round(max_error_pp(counted, true), 1), "em": round(max_error_pp(mix, true), 1)}}

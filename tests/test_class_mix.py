@@ -123,7 +123,8 @@ def test_a_session_stores_each_cells_probabilities_and_reports_the_count_for_its
 def test_sessions_without_probabilities_or_with_few_cells_report_no_mix(tmp_path):
     few = _session(tmp_path / "few", cells_of(BLOOD, MIN_CELLS - 1, seed=7)[0], MIN_CELLS - 1)
     write_session_outputs(few)
-    assert json.loads((few / "differential.json").read_text())["differential"]["class_mix"] is None
+    doc = json.loads((few / "differential.json").read_text())["differential"]
+    assert doc["class_mix"] is None and doc["class_mix_note"].startswith("not given: fewer than 20 cells")
     # a run folder of schema 3 (no probs column) still reads, without an estimate
     old = tmp_path / "old"
     _session(old, None, 30)
@@ -135,6 +136,7 @@ def test_sessions_without_probabilities_or_with_few_cells_report_no_mix(tmp_path
     write_session_outputs(old)
     doc = json.loads((old / "differential.json").read_text())["differential"]
     assert doc["class_mix"] is None and doc["types"]["neutrophil"]["count"] == 30
+    assert doc["class_mix_note"].startswith("not available: this session's cells were recorded without")
     assert escape(MIX_HEADER) not in (old / "report.html").read_text()
 
 

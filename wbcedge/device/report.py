@@ -189,13 +189,14 @@ def model_differential(run_dir: Path, meta: Mapping[str, Any], reference: Mappin
     model_classes = list(meta.get("classes") or CLASSES)
     classes = model_classes + sorted(set(labels) - set(model_classes) - {UNIDENTIFIED})
     diff = differential(labels, classes, reference=reference)
-    if (domain_shift or {}).get("alarm"):
-        return {**withhold_flags(diff), "class_mix": None, "class_mix_note": MIX_SHIFTED}
-    if not (meta.get("calibration") or {}).get("fitted_on"):
-        return {**diff, "class_mix": None, "class_mix_note": MIX_UNCALIBRATED}
-    return {**diff, "class_mix": session_class_mix(cells, model_classes)}
+    mix, note = session_class_mix(cells, model_classes, meta, domain_shift)
+    diff = withhold_flags(diff) if (domain_shift or {}).get("alarm") else diff
+    return {**diff, "class_mix": mix, **({"class_mix_note": note} if note else {})}
 
 
+MIX_NO_PROBS = ("not available: this session's cells were recorded without their class probabilities "
+                "(session schema 4 stores them; sessions recorded before it have none)")
+MIX_FEW_CELLS = "not given: fewer than {n} cells (the interval would span most of 0-100%)"
 MIX_SHIFTED = ("withheld: the domain-shift alarm fired, so the cells do not look as the model knows them and a "
                "re-estimate of the class mix would amplify its confusions (docs/runner.md)")
 MIX_UNCALIBRATED = ("withheld: the bundle's confidences are not calibrated (no temperature fitted at export; an adapted "
@@ -203,17 +204,24 @@ MIX_UNCALIBRATED = ("withheld: the bundle's confidences are not calibrated (no t
                     "probabilities (docs/runner.md)")
 
 
-def session_class_mix(cells: list[CellRow], classes: list[str]) -> dict[str, Any] | None:
-    """The differential corrected for the sample's class mix (`class_mix.mix_differential`), when every
-    cell has its probabilities (schema 4) for these classes and there are enough cells; else None.
-    The estimate assumes calibrated probabilities and that only the mix changed, not how each type
-    looks: `model_differential` asks for it only from a calibrated bundle and without a shift alarm."""
-    from wbcedge.device.class_mix import mix_differential
+def session_class_mix(cells: list[CellRow], classes: list[str], meta: Mapping[str, Any],
+                      domain_shift: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the differential for the sample's class mix, None) from `class_mix.mix_differential`, or (None,
+    why not): no stored probabilities (sessions before schema 4), a shift alarm, a bundle without
+    calibrated confidences, or too few cells. The estimate assumes calibrated probabilities and that only
+    the mix changed, not how each type looks."""
+    from wbcedge.device.class_mix import MIN_CELLS, mix_differential
 
     probs = [c.probs for c in cells]
-    if not probs or any(p is None or len(p) != len(classes) for p in probs):
-        return None
-    return mix_differential(np.asarray(probs), classes, level=0.95)
+    if any(p is None or len(p) != len(classes) for p in probs):
+        return None, MIX_NO_PROBS
+    if (domain_shift or {}).get("alarm"):
+        return None, MIX_SHIFTED
+    if not (meta.get("calibration") or {}).get("fitted_on"):
+        return None, MIX_UNCALIBRATED
+    if len(probs) < MIN_CELLS:
+        return None, MIX_FEW_CELLS.format(n=MIN_CELLS)
+    return mix_differential(np.asarray(probs), classes, level=0.95), None
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

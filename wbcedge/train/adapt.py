@@ -369,7 +369,7 @@ def adapt(run: Path | None, data: Path, out: Path, cfg: AdaptConfig, unlabelled:
              + "report and bundle manifest")
     forgetting = (_forgetting(parent.run_dir, predictor, out / bundle.manifest["default_model"], progress, cut)
                   if cfg.forgetting else None)
-    results = held_out_results(y_test, stages, list(bundle.classes))
+    results = held_out_results(y_test, stages, list(bundle.classes), bundle.temperature)
     better = results["adapted_int8"]["accuracy"] > results["parent"]["accuracy"]
     report = {
         "parent": {"run": str(parent.run_dir), "bundle": str(parent.bundle) if parent.bundle else None,

@@ -18,26 +18,33 @@ STAGE_NAMES = {"parent": "parent (as given)", "batchnorm": "BatchNorm re-estimat
                "adapted_float": "adapted, float", "adapted_int8": "adapted, the bundle's default file (int8 when it passes the gate)"}
 
 
-def held_out_results(y_test: np.ndarray, stages: dict[str, np.ndarray], classes: list[str]) -> dict:
-    """classification_results for every stage, and McNemar parent vs adapted int8 (same cells)."""
+def held_out_results(y_test: np.ndarray, stages: dict[str, np.ndarray], classes: list[str],
+                     temperature: float = 1.0) -> dict:
+    """classification_results for every stage, and McNemar parent vs adapted int8 (same cells);
+    `temperature`: the adapted bundle's, for the count for the cells' class mix as `wbcedge run` makes it."""
     out = {name: classification_results(y_test, probs, classes) for name, probs in stages.items()}
     out["mcnemar_parent_vs_adapted"] = mcnemar(y_test, stages["parent"], stages["adapted_int8"],
                                                names=("parent", "adapted"))
-    out["differential"] = held_out_differential(y_test, {k: stages[k] for k in ("parent", "adapted_int8")}, classes)
+    out["differential"] = held_out_differential(y_test, {k: stages[k] for k in ("parent", "adapted_int8")}, classes,
+                                                temperature)
     return out
 
 
-def held_out_differential(y_test: np.ndarray, stages: dict[str, np.ndarray], classes: list[str]) -> dict:
+def held_out_differential(y_test: np.ndarray, stages: dict[str, np.ndarray], classes: list[str],
+                          temperature: float = 1.0) -> dict:
     """The differential count (share of each class) of the held-out cells as labelled ("true") and as
     each model calls them, and each model's largest error in points: what a lab's count of these
-    cells would have been (the threshold for unidentified cells aside)."""
+    cells would have been (the threshold for unidentified cells aside); and the adapted model's
+    estimate for the cells' class mix from its probabilities calibrated by `temperature`, as the runner
+    applies it (the runner shows that estimate only for a calibrated bundle)."""
     from wbcedge.device.class_mix import estimate_mix
+    from wbcedge.device.confidence import apply_temperature
 
     n = max(len(y_test), 1)
     out = {"true": {c: float(np.sum(y_test == i)) / n for i, c in enumerate(classes)}}
     shares = {name: np.bincount(probs.argmax(1), minlength=len(classes)) / n for name, probs in stages.items()}
     if "adapted_int8" in stages and len(y_test):   # the session's count corrected for its class mix (as wbcedge run)
-        shares["adapted_int8_mix"] = estimate_mix(stages["adapted_int8"]).mix
+        shares["adapted_int8_mix"] = estimate_mix(apply_temperature(stages["adapted_int8"], temperature)).mix
     for name, share in shares.items():
         out[name] = {c: float(share[i]) for i, c in enumerate(classes)}
         out[f"{name}_max_error_pp"] = 100 * max(abs(out[name][c] - out["true"][c]) for c in classes)
@@ -86,7 +93,7 @@ def report_markdown(report: dict) -> str:
     if d:
         lines += ["", ("Differential count of the held-out cells (each cell's top class; a mix that the lab capped "
                        "per class is not its patients' mix):"), "",
-                  "| class | labelled | parent | adapted | adapted, for these cells' mix (EM, as `wbcedge run`) |",
+                  "| class | labelled | parent | adapted | adapted, for these cells' mix (EM) |",
                   "|---|---|---|---|---|"]
         mix = d.get("adapted_int8_mix") or {}
         lines += [(f"| {c} | {_pct(d['true'][c])} | {_pct(d['parent'][c])} | {_pct(d['adapted_int8'][c])} "
