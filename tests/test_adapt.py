@@ -230,8 +230,10 @@ def test_adapt_raises_held_out_accuracy_and_writes_a_bundle_that_verifies(tmp_pa
         assert (tmp_path / "bundle" / name).is_file()
     saved = json.loads((tmp_path / "bundle" / "adapt-report.json").read_text())
     assert saved["deployable"] == bundle.deployable == report["deployable"]
-    # no learning curve was asked for: the report's next steps say how to get one
-    assert saved["next_steps"] == report["next_steps"] and "--curve" in report["next_steps"][-1]
+    # no learning curve was asked for: the report's next steps say how to get one; and with fewer than 20
+    # validation cells, that no confidence temperature could be fitted
+    assert saved["next_steps"] == report["next_steps"] and "--curve" in report["next_steps"][-2]
+    assert report["next_steps"][-1].startswith("Only ") and "confidence temperature needs 20" in report["next_steps"][-1]
     assert "## Next steps" in (tmp_path / "bundle" / "adapt-report.md").read_text()
     # the gate scored the held-out cells exactly as adapt did: its fp32 file agrees with the report's float figure
     gate = json.loads((tmp_path / "bundle" / "report.json").read_text())
