@@ -378,6 +378,32 @@ def test_next_steps_say_when_too_few_validation_cells_leave_the_confidences_unca
     assert "about 5 more" in last and "no count for the sample's class mix" in last
 
 
+def test_the_reports_count_for_the_cells_mix_is_the_runners_estimate_with_the_bundles_temperature():
+    """Exact even-prior posteriors of cells drawn 70% neutrophils: counting top classes over-counts the
+    monocytes that lie between types, the EM column does not; and it is computed from the probabilities
+    the runner would see, with the bundle's temperature applied."""
+    from wbcedge.device.class_mix import estimate_mix
+    from wbcedge.device.confidence import apply_temperature
+    from wbcedge.train.adapt_report import held_out_differential
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 3], [3, 3], [0, 0], [1.5, 1.0], [3, 0]], float)   # monocytes between the others
+    y = rng.choice(5, size=2000, p=[0.0, 0.15, 0.1, 0.05, 0.7])
+    x = centres[y] + rng.normal(0, 1, (len(y), 2))
+    log_lik = -0.5 * ((x[:, None] - centres[None]) ** 2).sum(-1)
+    probs = np.exp(log_lik - log_lik.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    stages = {"parent": probs, "adapted_int8": probs}
+    calibrated = held_out_differential(y, stages, list(CLASSES))
+    assert calibrated["adapted_int8"]["monocyte"] > 2 * calibrated["true"]["monocyte"]
+    assert calibrated["adapted_int8_mix_max_error_pp"] < calibrated["adapted_int8_max_error_pp"] / 3   # 3.2 against 12.7
+    sharpened = held_out_differential(y, stages, list(CLASSES), temperature=0.5)
+    want = estimate_mix(apply_temperature(probs, 0.5)).mix
+    assert [sharpened["adapted_int8_mix"][c] for c in CLASSES] == pytest.approx(list(want))
+    assert sharpened["adapted_int8_mix"] != pytest.approx(calibrated["adapted_int8_mix"], abs=1e-3)
+    assert sharpened["adapted_int8"] == calibrated["adapted_int8"]       # the top classes do not move
+
+
 def test_the_report_gives_the_held_out_cells_differential_as_labelled_and_as_each_model_counts_it():
     """Half the 20 eosinophils called neutrophils: the adapted count has 10 eosinophils too few and 10
     neutrophils too many (10 of 53 cells: 18.9 points); the parent calls everything a monocyte."""
