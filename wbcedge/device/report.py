@@ -135,15 +135,15 @@ def write_session_outputs(run_dir: Path | str, reference: Mapping[str, Any] | No
     meta = {**facts_of_earlier_files(run_dir), **read_meta(run_dir)}
     domain_shift = meta.pop("domain_shift", None)
     reference = reference if reference is not None else session_reference(meta)
-    diff = model_differential(run_dir, meta, reference, domain_shift)
     if rebuilt:
         if "finished_at" not in meta:
             meta.setdefault("stop_reason", "interrupted (no finished_at): rebuilt from the database")
         meta["rebuilt_from_database"] = True
     meta["frames"] = meta.get("frames") or len(read_frames(run_dir))
     review = signed_off_review(run_dir, reference)
-    if review is None:
-        return write_outputs(run_dir, diff, meta, domain_shift=domain_shift)
+    if review is None:   # the model's differential (and its class-mix bootstrap) only where it is the result
+        return write_outputs(run_dir, model_differential(run_dir, meta, reference, domain_shift), meta,
+                             domain_shift=domain_shift)
     reviewed_diff, review_block, reviewed_labels = review
     return write_outputs(run_dir, reviewed_diff, meta, review=review_block, reviewed_labels=reviewed_labels,
                          domain_shift=domain_shift)
@@ -219,9 +219,8 @@ def session_class_mix(cells: list[CellRow], classes: list[str], meta: Mapping[st
         return None, MIX_SHIFTED
     if not (meta.get("calibration") or {}).get("fitted_on"):
         return None, MIX_UNCALIBRATED
-    if len(probs) < MIN_CELLS:
-        return None, MIX_FEW_CELLS.format(n=MIN_CELLS)
-    return mix_differential(np.asarray(probs), classes, level=0.95), None
+    mix = mix_differential(np.asarray(probs).reshape(len(probs), len(classes)), classes, level=0.95)
+    return (mix, None) if mix else (None, MIX_FEW_CELLS.format(n=MIN_CELLS))   # None: fewer than MIN_CELLS
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
