@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from wbcedge.bundle import load_bundle
-from wbcedge.device.records import bounded_crop
+from wbcedge.device.records import MAX_CROP_SIDE, bounded_crop
 from wbcedge.evaluation.evaluate import read_frame_types
 from wbcedge.evaluation.locate_eval import read_voc_boxes
 from wbcedge.labels import CLASSES
@@ -50,8 +50,8 @@ def site_scale(bccd: Path) -> float:
     return float(np.median([s for s in scales if s is not None]))
 
 
-def cut_cells(bccd: Path, spec, um_per_px: float | str | None = None, as_recorded: bool = False
-              ) -> tuple[list[tuple[str, str, np.ndarray]], list[tuple[str, np.ndarray]]]:
+def cut_cells(bccd: Path, spec, um_per_px: float | str | None = None, as_recorded: bool = False,
+              record_side: int = MAX_CROP_SIDE) -> tuple[list[tuple[str, str, np.ndarray]], list[tuple[str, np.ndarray]]]:
     """(labelled cells [(frame, class, model input)], unlabelled cells [(name, model input)]), cut at
     `um_per_px` (the site's scale), at each frame's own red-cell estimate (None), or sized to each
     cell's box ("relative": the cell fills the spec's cell_fraction of the crop side)."""
@@ -71,7 +71,7 @@ def cut_cells(bccd: Path, spec, um_per_px: float | str | None = None, as_recorde
         scale = None if um_per_px == "relative" else um_per_px or estimate_um_per_px([image])
         crops = [crop_around_cell(image, box, spec, scale) for box in boxes]
         # as a session records them (BGR, at most 224 px: what `review export` gives a lab), or model inputs
-        cells = [bounded_crop(c) if as_recorded else to_model_input(c, spec) for c in crops]
+        cells = [bounded_crop(c, record_side) if as_recorded else to_model_input(c, spec) for c in crops]
         if len(boxes) == 1 and name in types:
             labelled.append((name, types[name], cells[0]))
         else:
@@ -99,11 +99,12 @@ def save(path: Path, cell: np.ndarray, spec, as_recorded: bool = False) -> None:
 
 
 def build_site(bccd: Path, work: Path, per_class: int, max_share: float, seed: int,
-               um_per_px: float | str | None = None, as_recorded: bool = False) -> dict:
+               um_per_px: float | str | None = None, as_recorded: bool = False,
+               record_side: int = MAX_CROP_SIDE) -> dict:
     # Cut as the runner cuts, but saved with the colours the microscope gave: the model's own
     # stain normalisation (when its spec has one) is applied when `adapt` reads the cells.
     spec = replace(load_bundle().spec, stain_reference=None)
-    labelled, unlabelled = cut_cells(bccd, spec, um_per_px, as_recorded)
+    labelled, unlabelled = cut_cells(bccd, spec, um_per_px, as_recorded, record_side)
     chosen = choose(labelled, per_class, max_share, seed)
     for part in ("labelled", "heldout", "unlabelled"):
         for old in (work / part).rglob("*.png") if (work / part).exists() else []:
@@ -157,13 +158,17 @@ def main() -> None:
     ap.add_argument("--as-recorded", action="store_true",
                     help="save each cell as a session records it (at most 224 px, the crop's own pixels) instead "
                          "of at the model's input size (runs A-J), so adapt can re-cut it (crop = \"cell\")")
+    ap.add_argument("--record-side", type=int, default=MAX_CROP_SIDE,
+                    help="with --as-recorded: the largest side a saved cell keeps, in px (default: what a session "
+                         "records)")
     args = ap.parse_args()
     if not (args.bccd / "wbc_types.csv").is_file():
         sys.exit(f"{args.bccd} has no wbc_types.csv: give --bccd PATH to the BCCD folder")
     um_per_px = site_scale(args.bccd) if args.scale == "site" else "relative" if args.scale == "relative" else None
     if isinstance(um_per_px, float):
         print(f"site scale: {um_per_px:.4f} um/px (median of the frames' red-cell estimates)", flush=True)
-    site = build_site(args.bccd, args.work, args.per_class, args.max_share, args.seed, um_per_px, args.as_recorded)
+    site = build_site(args.bccd, args.work, args.per_class, args.max_share, args.seed, um_per_px, args.as_recorded,
+                      args.record_side)
     print(json.dumps(site["counts"]), f"unlabelled cells: {site['unlabelled_cells']}", flush=True)
     bundle = args.work / "bundle"
     if not args.skip_adapt:

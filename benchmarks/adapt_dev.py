@@ -56,6 +56,22 @@ def freeze_below(prefix: str) -> None:
     adapt.freeze_batchnorm = freeze
 
 
+def at_input_size(predictor, size: int):
+    """The parent rebuilt at `size` px with its own weights (a convolutional backbone and global pooling take any
+    size) and a spec that cuts its inputs at that size: the same cell, more of its pixels."""
+    from dataclasses import asdict
+
+    from wbcedge.train.models.registry import ModelOptions, create_model
+    from wbcedge.train.run_folder import Predictor, _KerasEngine
+
+    spec = replace(predictor.spec, input_size=size)
+    opts = json.loads((predictor.path / "config.json").read_text())["model_options"]
+    known = {k: v for k, v in opts.items() if k in asdict(ModelOptions()) and k != "preprocess"}
+    model = create_model(options=ModelOptions(**{**known, "weights": "none", "preprocess": spec}))
+    model.set_weights(predictor.keras_model.get_weights())
+    return Predictor(predictor.path, spec, predictor.classes, _KerasEngine(model), name=f"keras at {size} px")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
@@ -69,10 +85,14 @@ def main() -> None:
     ap.add_argument("--train-from", metavar="LAYER",
                     help="fine-tune only from the first layer whose name starts with LAYER on (e.g. block_13): the "
                          "layers before it keep the parent's weights (BatchNorm statistics are re-estimated as usual)")
+    ap.add_argument("--input-size", type=int, metavar="PX",
+                    help="rebuild the parent at this input size (its weights kept) and cut the site's cells at it")
     args = ap.parse_args()
     if args.train_from:
         freeze_below(args.train_from)
     predictor = load_run(args.run)
+    if args.input_size:
+        predictor = at_input_size(predictor, args.input_size)
     model, spec = predictor.keras_model, predictor.spec
     initial = model.get_weights()
     for overrides in json.loads(args.configs):
@@ -102,7 +122,7 @@ def main() -> None:
             if args.views:   # the same model, its probabilities averaged over the cell's turned and mirrored views
                 probs = np.mean([predictor.predict_many(np.ascontiguousarray(v)) for v in dihedral_views(x_test)], axis=0)
                 view_accs.append(float((probs.argmax(1) == y_test).mean()))
-        print(json.dumps({"run": str(args.run), "config": overrides, "dev_accuracy": accs, "mean": float(np.mean(accs)),
+        print(json.dumps({"run": str(args.run), "config": overrides, "input_size": spec.input_size, "dev_accuracy": accs, "mean": float(np.mean(accs)),
                           "batchnorm_only": bn_accs, "epochs_and_last_train_accuracy": epochs,
                           "recut": factors, **({"eight_views": view_accs} if args.views else {}), "seconds": round(time.time() - t0)}),
               flush=True)
