@@ -57,10 +57,6 @@ class AdaptConfig:
     learning_rate: float = 1e-4       # Adam; Chossegros et al. used 7e-5 with batch 5 (1e-3 forgot, see docs/adapt.md)
     patience: int = 10                # epochs without a lower validation loss before stopping
     min_epochs: int = 15              # early stopping watches only from this epoch on (a few validation cells are noisy)
-    # Instead of early stopping: the weights averaged over every epoch from this one to the last (stochastic
-    # weight averaging, Izmailov et al., UAI 2018), so no stop chosen on a dozen validation cells decides the
-    # result; 0 = off (early stopping).
-    average_from: int = 0
     # Quarter turns and mirror images only: with colour, blur, resolution and scale jitter the
     # model could not fit 50 cells in 40 epochs (train accuracy 65-68%) and did no better on
     # the labelled dev splits (benchmarks/adapt_dev.py, docs/adapt.md). Any option of
@@ -242,47 +238,15 @@ def fine_tune(model, x_fit, y_fit, w_fit, x_val, y_val, cfg: AdaptConfig, seed: 
                         if "val_loss" in row else ""))
 
     callbacks = [_Log()]
-    val = (x_val.astype(np.float32), y_val) if len(x_val) else None
-    average = _WeightAverage(cfg.average_from) if cfg.average_from else None
-    if average is not None:
-        callbacks.append(average)
-    elif val is not None:
+    val = None
+    if len(x_val):
+        val = (x_val.astype(np.float32), y_val)
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                                        restore_best_weights=True,
                                                        start_from_epoch=min(cfg.min_epochs, cfg.epochs - 1)))
     model.fit(ds, validation_data=val, epochs=cfg.epochs, callbacks=callbacks, verbose=0,
               shuffle=False)  # the dataset shuffles itself; Keras would warn that shuffle=True is ignored
-    if average is not None:
-        average.apply(model)
     return history
-
-
-def _WeightAverage(first_epoch: int):
-    """A Keras callback keeping the running mean of the model's weights at the end of each epoch from
-    `first_epoch` (1-based) on; `apply(model)` sets them (BatchNorm is frozen, so its statistics need no pass)."""
-    import keras
-
-    class WeightAverage(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.mean, self.count = None, 0
-
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 < first_epoch:
-                return
-            weights = self.model.get_weights()
-            self.count += 1
-            if self.mean is None:
-                self.mean = [w.astype(np.float64) for w in weights]
-            else:
-                for m, w in zip(self.mean, weights):
-                    m += (w - m) / self.count
-
-        def apply(self, model) -> None:
-            if self.mean is not None:
-                model.set_weights([m.astype(w.dtype) for m, w in zip(self.mean, model.get_weights())])
-
-    return WeightAverage()
 
 
 def reseed_layers(model, seed: int) -> None:
