@@ -263,6 +263,29 @@ def test_a_review_export_folder_uses_only_reviewer_labelled_cells(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.train
+def test_the_learning_curve_uses_the_bundles_soup_and_leaves_the_bundle_its_own_model(tmp_path, default_run):
+    """Each point of the curve is the recipe the bundle gets (here a soup of two fine-tunes), and the
+    curve's fine-tunes, run after the adapted model was scored, do not end up in the bundle."""
+    pytest.importorskip("tensorflow")
+    from wbcedge.train.adapt import AdaptConfig, adapt
+
+    labelled, heldout = _shifted_site(tmp_path / "site")
+    messages: list[str] = []
+    cfg = AdaptConfig(epochs=2, min_epochs=2, replay_per_class=2, formats=("tflite",), forgetting=False, calib=60,
+                      soup=2, curve=True, curve_sizes=(4, 0), curve_seeds=1, min_accuracy=0.0, min_class_recall=0.0)
+    report = adapt(default_run, labelled, tmp_path / "bundle", cfg, test=heldout, progress=messages.append)
+    points = report["learning_curve"]["points"]
+    assert [(p["per_class"], p["cells"], p["seed"]) for p in points] == [(4, 20, 0), ("all", 80, 0)]
+    assert all(0.0 <= p["accuracy"] <= 1.0 for p in points) and report["learning_curve"]["held_out_cells"] == 80
+    curve_lines = [m for m in messages if m.startswith("learning curve")]
+    assert len(curve_lines) == 2 and all(m.endswith("2 fine-tunes averaged") for m in curve_lines), curve_lines
+    gate = json.loads((tmp_path / "bundle" / "report.json").read_text())
+    fp32 = next(f for f in gate["files"] if f["precision"] == "fp32")
+    assert fp32["accuracy"] == pytest.approx(report["held_out"]["adapted_float"]["accuracy"], abs=1.5 / 80)
+
+
+@pytest.mark.slow
+@pytest.mark.train
 @pytest.mark.parametrize("crop", ["cell", "site"])
 def test_re_cut_crops_give_the_adapted_bundle_a_spec_that_cuts_the_sites_cells_the_same_way(tmp_path, default_run,
                                                                                              crop):

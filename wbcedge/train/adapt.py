@@ -435,9 +435,10 @@ def _bn_cells(x_fit, x_val, x_unl, cfg: AdaptConfig) -> np.ndarray:
 
 def learning_curve(predictor, state, plan: SitePlan, cut: SiteCut, test, replay, cfg: AdaptConfig, progress) -> dict:
     """Held-out accuracy after adapting on k labelled cells per class (several seeds), from the
-    BatchNorm-re-estimated model; BatchNorm statistics are not re-estimated per point."""
+    BatchNorm-re-estimated model; BatchNorm statistics are not re-estimated per point. Each point is
+    the bundle's own recipe, a soup of `cfg.soup` fine-tunes, so the curve says what labelling more
+    would give the bundle (single fine-tunes scored 6 points under the soup on BCCD, docs/adapt.md)."""
     x_test, y_test = test
-    x_rep, y_rep = replay
     model = predictor.keras_model
     final = model.get_weights()
     pool = plan.fit + plan.val
@@ -454,13 +455,12 @@ def learning_curve(predictor, state, plan: SitePlan, cut: SiteCut, test, replay,
                 rows = [r for r in pool if r.label == c]
                 chosen += [rows[i] for i in sorted(rng.permutation(len(rows))[:k_eff])]
             sub = plan_curve_split(chosen, cfg.val_share, 1000 + s)
-            progress(f"learning curve: {k or 'all'} per class, seed {s}: {len(sub[0])} fit, {len(sub[1])} val")
-            model.set_weights(state)
+            progress(f"learning curve: {k or 'all'} per class, seed {s}: {len(sub[0])} fit, {len(sub[1])} val"
+                     + (f", {cfg.soup} fine-tunes averaged" if cfg.soup > 1 else ""))
             x_f, y_f = cut.inputs(sub[0]), class_indices(r.label for r in sub[0])
             x_v, y_v = cut.inputs(sub[1]), class_indices(r.label for r in sub[1])
-            fine_tune(model, np.concatenate([x_f, x_rep]), np.concatenate([y_f, y_rep]),
-                      sample_weights(y_f, len(x_rep), cfg.replay_weight), x_v, y_v, cfg, cfg.seed + s, lambda m: None,
-                      cut.spec.cell_fraction)
+            fine_tune_soup(model, state, (x_f, y_f, x_v, y_v), replay, replace(cfg, seed=cfg.seed + s),
+                           lambda m: None, cut.spec.cell_fraction)
             acc = float((predictor.predict_many(x_test).argmax(1) == y_test).mean())
             points.append({"per_class": k or "all", "cells": len(chosen), "seed": s, "accuracy": acc})
     model.set_weights(final)
