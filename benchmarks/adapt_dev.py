@@ -59,15 +59,12 @@ def freeze_below(prefix: str) -> None:
 def at_input_size(predictor, size: int):
     """The parent rebuilt at `size` px with its own weights (a convolutional backbone and global pooling take any
     size) and a spec that cuts its inputs at that size: the same cell, more of its pixels."""
-    from dataclasses import asdict
-
     from wbcedge.train.models.registry import ModelOptions, create_model
     from wbcedge.train.run_folder import Predictor, _KerasEngine
 
     spec = replace(predictor.spec, input_size=size)
-    opts = json.loads((predictor.path / "config.json").read_text())["model_options"]
-    known = {k: v for k, v in opts.items() if k in asdict(ModelOptions()) and k != "preprocess"}
-    model = create_model(options=ModelOptions(**{**known, "weights": "none", "preprocess": spec}))
+    opts = json.loads((predictor.path / "config.json").read_text())["model_options"]   # ModelOptions.to_dict()
+    model = create_model(options=ModelOptions(**{**opts, "weights": "none", "preprocess": spec}))
     model.set_weights(predictor.keras_model.get_weights())
     return Predictor(predictor.path, spec, predictor.classes, _KerasEngine(model), name=f"keras at {size} px")
 
